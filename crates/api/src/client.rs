@@ -1,0 +1,51 @@
+//! The blocking socket client: sends one request, feeds progress events to a
+//! callback, returns the final result.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::protocol::{Event, Progress, Request};
+
+/// Sends `req` to the daemon at `socket` and waits for its answer.
+pub fn call<T: DeserializeOwned>(
+    socket: &Path,
+    req: &Request,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<T, ApiError> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        ApiError::new(
+            ErrorCode::HostMissing,
+            format!(
+                "cannot reach the banger daemon at {}: {e}; start it with `banger daemon` or set BANGER_SOCKET",
+                socket.display()
+            ),
+        )
+    })?;
+    let mut line = serde_json::to_string(req).map_err(|e| ApiError::internal(e.to_string()))?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| ApiError::internal(format!("writing to the daemon: {e}")))?;
+    let reader = BufReader::new(stream);
+    for line in reader.lines() {
+        let line = line.map_err(|e| ApiError::internal(format!("reading from the daemon: {e}")))?;
+        let event: Event = serde_json::from_str(&line)
+            .map_err(|e| ApiError::internal(format!("bad answer from the daemon: {e}")))?;
+        match event {
+            Event::Progress(p) => on_progress(&p),
+            Event::Ok(v) => {
+                return serde_json::from_value(v).map_err(|e| {
+                    ApiError::internal(format!("unexpected answer from the daemon: {e}"))
+                })
+            }
+            Event::Error(e) => return Err(e),
+        }
+    }
+    Err(ApiError::internal(
+        "the daemon closed the connection without an answer; see its log",
+    ))
+}

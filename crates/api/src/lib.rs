@@ -1,0 +1,16 @@
+//! banger's wire contract: VM name rules, request and response types, error
+//! codes, and the blocking client the CLI uses to talk to the daemon.
+
+pub mod client;
+pub mod error;
+pub mod names;
+pub mod protocol;
+pub mod types;
+
+pub use error::{ApiError, ErrorCode};
+pub use names::{validate_image_name, validate_vm_name};
+pub use protocol::{Event, Progress, Request};
+pub use types::{ImageInfo, OpInfo, OpState, SshInfo, VmInfo, VmSpec, VmState};
+
+/// Default path of the daemon's socket.
+pub const DEFAULT_SOCKET: &str = "/run/banger/banger.sock";

@@ -1,0 +1,111 @@
+//! The socket protocol: one JSON request line from the client, then JSON
+//! event lines from the daemon: zero or more `progress`, then exactly one
+//! `ok` or `error`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::types::VmSpec;
+
+/// Every request the daemon serves. Mutating ones run as operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    VmCreate {
+        spec: VmSpec,
+    },
+    VmStart {
+        name: String,
+    },
+    VmStop {
+        name: String,
+    },
+    VmRestart {
+        name: String,
+    },
+    VmKill {
+        name: String,
+        signal: String,
+    },
+    VmDelete {
+        name: String,
+        force: bool,
+    },
+    /// Deletes every VM not running; `dry_run` only lists them.
+    VmPrune {
+        dry_run: bool,
+    },
+    VmList,
+    VmShow {
+        name: String,
+    },
+    VmSsh {
+        name: String,
+    },
+    VmLogPath {
+        name: String,
+    },
+    ImageBuild {
+        name: String,
+    },
+    ImageList,
+    ImageRm {
+        name: String,
+    },
+    OpList,
+    SshConfig,
+}
+
+impl Request {
+    /// The VM a request acts on, if any.
+    pub fn vm_name(&self) -> Option<&str> {
+        match self {
+            Request::VmCreate { spec } => Some(&spec.name),
+            Request::VmStart { name }
+            | Request::VmStop { name }
+            | Request::VmRestart { name }
+            | Request::VmKill { name, .. }
+            | Request::VmDelete { name, .. }
+            | Request::VmShow { name }
+            | Request::VmSsh { name }
+            | Request::VmLogPath { name } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// A step of a long operation, for the CLI's progress line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: String,
+    pub message: String,
+    /// 0-100.
+    pub percent: u8,
+}
+
+/// One line the daemon sends back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Progress(Progress),
+    Ok(serde_json::Value),
+    Error(ApiError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_tagged_json() {
+        let r = Request::VmKill {
+            name: "dev".into(),
+            signal: "KILL".into(),
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(line, r#"{"op":"vm_kill","name":"dev","signal":"KILL"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
+        assert_eq!(r.vm_name(), Some("dev"));
+    }
+}

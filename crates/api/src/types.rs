@@ -1,0 +1,129 @@
+//! The records the daemon reports: VMs, images, operations, SSH access.
+
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle state of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Creating,
+    Running,
+    Stopping,
+    Stopped,
+    Error,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Creating => "creating",
+            VmState::Running => "running",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => VmState::Creating,
+            "running" => VmState::Running,
+            "stopping" => VmState::Stopping,
+            "stopped" => VmState::Stopped,
+            "error" => VmState::Error,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a user asks for at `vm create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_gib: u32,
+    pub image: String,
+    pub nat: bool,
+}
+
+/// A VM as `vm show --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub state: VmState,
+    pub ip: String,
+    pub mac: String,
+    pub tap: String,
+    pub slot: u32,
+    pub vmm: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_gib: u32,
+    pub image: String,
+    pub nat: bool,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+    pub pid: Option<u32>,
+    /// Why the VM is in `error`, when it is.
+    pub last_error: Option<String>,
+    pub workspace: Option<WorkspaceInfo>,
+}
+
+/// The workspace prepared in a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceInfo {
+    pub mode: String,
+    pub head: String,
+    pub readonly: bool,
+    pub source: String,
+}
+
+/// A guest image in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub name: String,
+    pub path: String,
+    pub rootfs_bytes: u64,
+    pub kernel: String,
+    pub built_at: i64,
+}
+
+/// Where an operation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// One mutating request, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpInfo {
+    pub id: String,
+    pub kind: String,
+    pub vm: Option<String>,
+    pub state: OpState,
+    pub phase: String,
+    pub progress: u8,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Everything the CLI needs to run OpenSSH against a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshInfo {
+    pub ip: String,
+    pub user: String,
+    pub identity_file: String,
+    pub known_hosts: String,
+    pub config_file: String,
+}

@@ -1,0 +1,100 @@
+//! `banger daemon`: runs the daemon in the foreground until SIGINT/SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use bangerd::layout::Layout;
+use bangerd::vmm::accel::AccelChoice;
+use bangerd::{Config, VmmChoice};
+use clap::Args;
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// Persistent state: database, keys, VM disks.
+    #[arg(long, default_value = "/var/lib/banger")]
+    state_dir: PathBuf,
+    /// Runtime files: socket, VMM control sockets, pid files.
+    #[arg(long, default_value = "/run/banger")]
+    run_dir: PathBuf,
+    /// Built images (default: STATE_DIR/images).
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+    /// The bridge the VMs' taps join.
+    #[arg(long, default_value = "banger0")]
+    bridge: String,
+    /// The VMs' subnet; the bridge takes its first address.
+    #[arg(long, default_value = "172.30.0.0/24")]
+    subnet: String,
+    /// auto, qemu or firecracker.
+    #[arg(long, default_value = "auto")]
+    vmm: String,
+    /// QEMU accelerator: auto (KVM when it can boot a guest), kvm or tcg.
+    #[arg(long, default_value = "auto")]
+    accel: String,
+    /// Seconds `vm create`/`vm start` wait for SSH.
+    #[arg(long, default_value_t = 300)]
+    boot_timeout: u64,
+}
+
+pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.bridge.is_empty()
+        || args.bridge.len() > 15
+        || !args
+            .bridge
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        anyhow::bail!(
+            "invalid --bridge {:?}: use up to 15 characters of letters, digits, '-' and '_'",
+            args.bridge
+        );
+    }
+    let cfg = Config {
+        layout: Layout::new(args.state_dir, args.run_dir, args.image_dir),
+        bridge: args.bridge,
+        subnet: args.subnet.parse()?,
+        vmm: args.vmm.parse::<VmmChoice>().map_err(anyhow::Error::msg)?,
+        accel: args
+            .accel
+            .parse::<AccelChoice>()
+            .map_err(anyhow::Error::msg)?,
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+    };
+    if socket != cfg.layout.socket()
+        && std::env::var_os("BANGER_SOCKET").is_none()
+        && socket != Path::new(banger_api::DEFAULT_SOCKET)
+    {
+        tracing::warn!("--socket is ignored by the daemon; it listens on RUN_DIR/banger.sock");
+    }
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async {
+        let listener = bangerd::bind(&cfg)?;
+        bangerd::run(listener, cfg, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("shutting down; VMs keep running and are re-adopted at the next start");
+}

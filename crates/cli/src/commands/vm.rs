@@ -1,0 +1,328 @@
+//! `banger vm ...`: create, start, stop, restart, kill, delete, prune, list,
+//! show, logs, ssh, exec.
+
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use banger_api::{validate_vm_name, Request, SshInfo, VmInfo, VmSpec};
+use clap::Subcommand;
+
+use crate::{output, rpc};
+
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// Create a VM and boot it; returns when SSH answers.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Let the guest reach beyond the bridge (MASQUERADE).
+        #[arg(long)]
+        nat: bool,
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Memory in MiB.
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+        /// Root disk size in GiB.
+        #[arg(long, default_value_t = 4)]
+        disk: u32,
+        #[arg(long, default_value = "default")]
+        image: String,
+    },
+    /// Boot a stopped VM.
+    Start { name: String },
+    /// Shut a VM down gracefully (Ctrl-Alt-Del), forcing it after a timeout.
+    Stop { name: String },
+    /// Reboot a VM: graceful stop, then start; the guest gets a fresh boot.
+    Restart { name: String },
+    /// Signal the VMM (default KILL); the VM ends stopped.
+    Kill {
+        name: String,
+        #[arg(long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Delete a VM and everything it owns; -f stops a running one first.
+    Delete {
+        name: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Delete every VM that is not running.
+    Prune {
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List VMs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one VM.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the serial console; -f follows it.
+    Logs {
+        name: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Open a shell (or run CMD) over SSH; the exit code passes through.
+    Ssh {
+        name: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Run a command; output streams, the exit code passes through.
+    Exec {
+        name: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
+    match cmd {
+        VmCommand::Create {
+            name,
+            nat,
+            cpus,
+            memory,
+            disk,
+            image,
+        } => {
+            validate_vm_name(&name)?;
+            let spec = VmSpec {
+                name,
+                cpus,
+                memory_mib: memory,
+                disk_gib: disk,
+                image,
+                nat,
+            };
+            let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
+            eprintln!(
+                "{} is running at {} (ssh: banger vm ssh {})",
+                vm.name, vm.ip, vm.name
+            );
+        }
+        VmCommand::Start { name } => state_change(
+            socket,
+            &name,
+            Request::VmStart { name: name.clone() },
+            "started",
+        )?,
+        VmCommand::Stop { name } => state_change(
+            socket,
+            &name,
+            Request::VmStop { name: name.clone() },
+            "stopped",
+        )?,
+        VmCommand::Restart { name } => state_change(
+            socket,
+            &name,
+            Request::VmRestart { name: name.clone() },
+            "restarted",
+        )?,
+        VmCommand::Kill { name, signal } => state_change(
+            socket,
+            &name,
+            Request::VmKill {
+                name: name.clone(),
+                signal,
+            },
+            "killed",
+        )?,
+        VmCommand::Delete { name, force } => {
+            validate_vm_name(&name)?;
+            let _: serde_json::Value = rpc::call(
+                socket,
+                &Request::VmDelete {
+                    name: name.clone(),
+                    force,
+                },
+            )?;
+            eprintln!("deleted {name}");
+        }
+        VmCommand::Prune { force } => return prune(socket, force),
+        VmCommand::List { json } => {
+            let vms: Vec<VmInfo> = rpc::call(socket, &Request::VmList)?;
+            if json {
+                output::print_json(&vms)?;
+            } else {
+                output::vm_table(&vms);
+            }
+        }
+        VmCommand::Show { name, json } => {
+            validate_vm_name(&name)?;
+            let vm: VmInfo = rpc::call(socket, &Request::VmShow { name })?;
+            if json {
+                output::print_json(&vm)?;
+            } else {
+                output::vm_details(&vm);
+            }
+        }
+        VmCommand::Logs { name, follow } => {
+            validate_vm_name(&name)?;
+            let v: serde_json::Value = rpc::call(socket, &Request::VmLogPath { name })?;
+            let path = PathBuf::from(v["path"].as_str().unwrap_or_default());
+            logs(&path, follow)?;
+        }
+        VmCommand::Ssh { name, command } => {
+            let info = ssh_info(socket, &name)?;
+            let mut c = ssh_command(
+                &info,
+                !command.is_empty() || !std::io::stdin().is_terminal(),
+            );
+            c.args(&command);
+            return Err(c.exec().into());
+        }
+        VmCommand::Exec { name, command } => {
+            let info = ssh_info(socket, &name)?;
+            let mut c = ssh_command(&info, true);
+            c.arg(shell_join(&command));
+            return Err(c.exec().into());
+        }
+    }
+    Ok(0)
+}
+
+fn state_change(socket: &Path, name: &str, req: Request, verb: &str) -> anyhow::Result<()> {
+    validate_vm_name(name)?;
+    let vm: VmInfo = rpc::call(socket, &req)?;
+    eprintln!("{} {verb}; now {}", vm.name, vm.state);
+    Ok(())
+}
+
+fn prune(socket: &Path, force: bool) -> anyhow::Result<i32> {
+    if !force {
+        let names: Vec<String> = rpc::call(socket, &Request::VmPrune { dry_run: true })?;
+        if names.is_empty() {
+            eprintln!("nothing to prune: every VM is running");
+            return Ok(0);
+        }
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "would delete {}; pass -f to confirm when not on a terminal",
+                names.join(", ")
+            );
+        }
+        eprint!(
+            "Delete {} VM(s) that are not running: {}? [y/N] ",
+            names.len(),
+            names.join(", ")
+        );
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing deleted");
+            return Ok(1);
+        }
+    }
+    let deleted: Vec<String> = rpc::call(socket, &Request::VmPrune { dry_run: false })?;
+    if deleted.is_empty() {
+        eprintln!("nothing to prune: every VM is running");
+    }
+    for name in deleted {
+        println!("{name}");
+    }
+    Ok(0)
+}
+
+fn ssh_info(socket: &Path, name: &str) -> anyhow::Result<SshInfo> {
+    validate_vm_name(name)?;
+    Ok(rpc::call(
+        socket,
+        &Request::VmSsh {
+            name: name.to_string(),
+        },
+    )?)
+}
+
+fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {
+    let mut c = std::process::Command::new("ssh");
+    c.args(bangerd::guest::ssh::client_args(
+        &info.identity_file,
+        &info.known_hosts,
+    ));
+    if batch {
+        c.args(["-o", "BatchMode=yes"]);
+    }
+    c.arg(format!("{}@{}", info.user, info.ip));
+    c
+}
+
+/// Quotes each argument for the guest's shell so argv survives ssh.
+pub fn shell_join(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn logs(path: &Path, follow: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut pos = 0u64;
+    loop {
+        match std::fs::File::open(path) {
+            Ok(mut f) => {
+                let len = f.metadata()?.len();
+                if len < pos {
+                    pos = 0; // capped by the daemon: start over
+                }
+                f.seek(SeekFrom::Start(pos))?;
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf)?;
+                pos += buf.len() as u64;
+                out.write_all(&buf)?;
+                out.flush()?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("no console output yet");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_join;
+
+    #[test]
+    fn shell_join_keeps_argv() {
+        let args: Vec<String> = ["sh", "-c", "echo 'hi' there; exit 3", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let joined = shell_join(&args);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s|' {joined}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "sh|-c|echo 'hi' there; exit 3||"
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! qcow2 overlays with the image as backing file (QEMU): constant time.
+
+use std::path::Path;
+
+use super::{CowDisk, DiskError};
+use crate::cmd;
+
+pub struct Qcow2;
+
+impl CowDisk for Qcow2 {
+    fn name(&self) -> &'static str {
+        "qcow2"
+    }
+    fn format(&self) -> &'static str {
+        "qcow2"
+    }
+    fn create(&self, base: &Path, dest: &Path, size_gib: u32) -> Result<(), DiskError> {
+        let base = base.canonicalize().map_err(|e| DiskError::io(base, e))?;
+        let size = format!("{size_gib}G");
+        cmd::run(
+            "qemu-img",
+            &[
+                "create".as_ref(),
+                "-q".as_ref(),
+                "-f".as_ref(),
+                "qcow2".as_ref(),
+                "-F".as_ref(),
+                "raw".as_ref(),
+                "-b".as_ref(),
+                base.as_os_str(),
+                dest.as_os_str(),
+                size.as_ref(),
+            ] as &[&std::ffi::OsStr],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! The per-VM config drive: a small read-only ext4 image the guest's
+//! `banger-guest-init` mounts to learn its address, hostname and keys.
+
+use std::path::Path;
+
+use super::GuestError;
+use crate::cmd;
+
+/// A VM's identity, as the guest applies it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub hostname: String,
+    pub ip: String,
+    pub prefix: u8,
+    pub gateway: String,
+    pub dns: String,
+    pub authorized_key: String,
+    pub host_key_private: String,
+    pub host_key_public: String,
+}
+
+impl Identity {
+    /// The shell-sourced environment file. Every value is a validated name
+    /// or an address, so none needs quoting; each is quoted anyway.
+    fn env_file(&self) -> String {
+        format!(
+            "BANGER_HOSTNAME='{}'\nBANGER_IP='{}'\nBANGER_PREFIX='{}'\nBANGER_GATEWAY='{}'\nBANGER_DNS='{}'\n",
+            self.hostname, self.ip, self.prefix, self.gateway, self.dns
+        )
+    }
+}
+
+/// Builds the config drive image at `dest` (replacing it).
+pub fn build(identity: &Identity, dest: &Path) -> Result<(), GuestError> {
+    let staging = tempdir_beside(dest)?;
+    let write = |name: &str, body: &str, mode: u32| -> Result<(), GuestError> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = staging.join(name);
+        std::fs::write(&p, body).map_err(|e| GuestError::io(&p, e))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| GuestError::io(&p, e))
+    };
+    let result = (|| {
+        write("identity.env", &identity.env_file(), 0o644)?;
+        write("authorized_keys", &identity.authorized_key, 0o644)?;
+        write("ssh_host_ed25519_key", &identity.host_key_private, 0o600)?;
+        write("ssh_host_ed25519_key.pub", &identity.host_key_public, 0o644)?;
+        let _ = std::fs::remove_file(dest);
+        cmd::run(
+            "mkfs.ext4",
+            &[
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-L".as_ref(),
+                "banger-config".as_ref(),
+                "-d".as_ref(),
+                staging.as_os_str(),
+                dest.as_os_str(),
+                "1M".as_ref(),
+            ] as &[&std::ffi::OsStr],
+        )?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+fn tempdir_beside(dest: &Path) -> Result<std::path::PathBuf, GuestError> {
+    let dir = dest.with_extension("staging");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| GuestError::io(&dir, e))?;
+    Ok(dir)
+}

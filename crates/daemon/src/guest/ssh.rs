@@ -1,0 +1,237 @@
+//! SSH: the daemon's client key, per-VM host keys pinned in a known_hosts
+//! file the daemon owns, the OpenSSH argument vector, and readiness.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::GuestError;
+use crate::cmd;
+use crate::layout::{ensure_dir, Layout};
+
+/// Marks our known_hosts lines so they can be found and removed per VM.
+fn marker(name: &str) -> String {
+    format!("banger-vm:{name}")
+}
+
+/// Creates the daemon's ed25519 client key if missing.
+pub fn ensure_client_key(layout: &Layout) -> Result<(), GuestError> {
+    let dir = layout.ssh_dir();
+    ensure_dir(&dir, 0o700).map_err(|e| GuestError::io(&dir, e))?;
+    let key = layout.client_key();
+    if !key.exists() {
+        generate_key(&key, "banger-client")?;
+    }
+    let kh = layout.known_hosts();
+    if !kh.exists() {
+        std::fs::write(&kh, "").map_err(|e| GuestError::io(&kh, e))?;
+    }
+    Ok(())
+}
+
+/// Generates an ed25519 key pair at `path` and `path.pub`.
+pub fn generate_key(path: &Path, comment: &str) -> Result<(), GuestError> {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("pub"));
+    cmd::run(
+        "ssh-keygen",
+        &[
+            "-q".as_ref(),
+            "-t".as_ref(),
+            "ed25519".as_ref(),
+            "-N".as_ref(),
+            "".as_ref(),
+            "-C".as_ref(),
+            comment.as_ref(),
+            "-f".as_ref(),
+            path.as_os_str(),
+        ] as &[&std::ffi::OsStr],
+    )?;
+    Ok(())
+}
+
+pub fn public_key(private: &Path) -> Result<String, GuestError> {
+    let pub_path = pub_path(private);
+    std::fs::read_to_string(&pub_path).map_err(|e| GuestError::io(&pub_path, e))
+}
+
+pub fn pub_path(private: &Path) -> PathBuf {
+    let mut p = private.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
+/// Pins `name`'s host key for its IP and `name.vm`, replacing older lines.
+pub fn pin_host_key(
+    layout: &Layout,
+    name: &str,
+    ip: &str,
+    host_pub: &str,
+) -> Result<(), GuestError> {
+    let mut fields = host_pub.split_whitespace();
+    let (Some(kind), Some(key)) = (fields.next(), fields.next()) else {
+        return Err(GuestError::Ssh(format!("malformed host key for {name}")));
+    };
+    let line = format!("{ip},{name}.vm {kind} {key} {}\n", marker(name));
+    edit_known_hosts(layout, name, Some(&line))
+}
+
+/// Removes `name`'s pinned host key; none is success.
+pub fn unpin_host_key(layout: &Layout, name: &str) -> Result<(), GuestError> {
+    edit_known_hosts(layout, name, None)
+}
+
+fn edit_known_hosts(layout: &Layout, name: &str, add: Option<&str>) -> Result<(), GuestError> {
+    let path = layout.known_hosts();
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mark = marker(name);
+    let mut new: String = old
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3) != Some(mark.as_str()))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(line) = add {
+        new.push_str(line);
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, new)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| GuestError::io(&path, e))
+}
+
+/// Options every banger SSH invocation uses: our key, our known_hosts,
+/// strict host key checking, no agent or user config.
+pub fn base_args(layout: &Layout) -> Vec<String> {
+    client_args(
+        &layout.client_key().display().to_string(),
+        &layout.known_hosts().display().to_string(),
+    )
+}
+
+/// The same options from explicit paths (the CLI gets them from the daemon).
+pub fn client_args(identity_file: &str, known_hosts: &str) -> Vec<String> {
+    vec![
+        "-F".into(),
+        "/dev/null".into(),
+        "-i".into(),
+        identity_file.to_string(),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={known_hosts}"),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        "LogLevel=ERROR".into(),
+    ]
+}
+
+/// Runs `command` in the guest as root and returns its output.
+pub async fn exec(
+    layout: &Layout,
+    ip: &str,
+    command: &str,
+    stdin: Option<Vec<u8>>,
+) -> Result<std::process::Output, GuestError> {
+    let mut c = tokio::process::Command::new("ssh");
+    c.args(base_args(layout))
+        .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+        .arg(format!("root@{ip}"))
+        .arg(command)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = c
+        .spawn()
+        .map_err(|e| GuestError::Ssh(format!("running ssh: {e}")))?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt;
+        pipe.write_all(&data)
+            .await
+            .map_err(|e| GuestError::Ssh(format!("writing to ssh: {e}")))?;
+    }
+    child
+        .wait_with_output()
+        .await
+        .map_err(|e| GuestError::Ssh(format!("waiting for ssh: {e}")))
+}
+
+/// Polls until SSH answers (a `true` that exits 0), or the timeout passes.
+/// `alive` is asked between tries so a VMM that died ends the wait early.
+pub async fn wait_ready(
+    layout: &Layout,
+    ip: &str,
+    timeout: Duration,
+    alive: impl Fn() -> bool,
+) -> Result<Duration, GuestError> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        if !alive() {
+            return Err(GuestError::Ssh(
+                "the VM stopped while booting; `banger vm logs` shows its console".into(),
+            ));
+        }
+        match exec(layout, ip, "true", None).await {
+            Ok(out) if out.status.success() => return Ok(start.elapsed()),
+            Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(GuestError::Ssh(format!(
+        "SSH did not answer within {}s (last: {last}); `banger vm logs` shows the console",
+        timeout.as_secs()
+    )))
+}
+
+/// Writes the `Host *.vm` block that `ssh-config` prints and installs.
+pub fn write_ssh_config(layout: &Layout) -> Result<PathBuf, GuestError> {
+    let path = layout.ssh_config();
+    let text = ssh_config_text(layout);
+    let mut f = std::fs::File::create(&path).map_err(|e| GuestError::io(&path, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| GuestError::io(&path, e))?;
+    Ok(path)
+}
+
+pub fn ssh_config_text(layout: &Layout) -> String {
+    format!(
+        "# banger: SSH to VMs as NAME.vm. Managed by the banger daemon.\n\
+         Host *.vm\n    User root\n    IdentityFile {}\n    IdentitiesOnly yes\n    \
+         UserKnownHostsFile {}\n    StrictHostKeyChecking yes\n    LogLevel ERROR\n",
+        layout.client_key().display(),
+        layout.known_hosts().display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_hosts_lines_are_pinned_and_removed_per_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().into(), dir.path().join("run"), None);
+        std::fs::create_dir_all(layout.ssh_dir()).unwrap();
+        std::fs::write(layout.known_hosts(), "other.example ssh-ed25519 AAAAkeep\n").unwrap();
+        pin_host_key(&layout, "a", "10.0.0.2", "ssh-ed25519 AAAAa a\n").unwrap();
+        pin_host_key(&layout, "ab", "10.0.0.3", "ssh-ed25519 AAAAb ab\n").unwrap();
+        pin_host_key(&layout, "a", "10.0.0.2", "ssh-ed25519 AAAAc a\n").unwrap();
+        let kh = std::fs::read_to_string(layout.known_hosts()).unwrap();
+        assert_eq!(kh.matches("banger-vm:a\n").count(), 1, "{kh}");
+        assert!(kh.contains("10.0.0.2,a.vm ssh-ed25519 AAAAc"));
+        unpin_host_key(&layout, "a").unwrap();
+        let kh = std::fs::read_to_string(layout.known_hosts()).unwrap();
+        assert_eq!(
+            kh,
+            "other.example ssh-ed25519 AAAAkeep\n10.0.0.3,ab.vm ssh-ed25519 AAAAb banger-vm:ab\n"
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! Builds an image from Debian packages: mmdebstrap a bookworm tree, apply
+//! banger's changes, take out the kernel, write our initrd, pack the tree
+//! into an ext4 root filesystem. The image directory appears only when
+//! complete (built beside it, renamed into place).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::{customize, ImageError, Manifest};
+use crate::cmd;
+use crate::layout::{ensure_dir, ImagePaths};
+
+/// Debian packages in every image.
+pub const PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "openssh-server",
+    "iproute2",
+    "git",
+    "ca-certificates",
+    "procps",
+    "linux-image-cloud-amd64",
+    "busybox-static",
+    "e2fsprogs",
+    "iptables",
+    "tar",
+    "less",
+];
+
+pub const SUITE: &str = "bookworm";
+
+/// Reports a phase and a percentage.
+pub type Report<'a> = &'a (dyn Fn(&str, u8) + Send + Sync);
+
+/// Builds image `name` into `dest`. An existing image there is replaced only
+/// once the new one is complete.
+pub fn build(name: &str, dest: &ImagePaths, report: Report<'_>) -> Result<(), ImageError> {
+    let parent = dest
+        .dir
+        .parent()
+        .ok_or_else(|| ImageError::Invalid("image directory has no parent".into()))?;
+    ensure_dir(parent, 0o755).map_err(|e| ImageError::io(parent, e))?;
+    let staging = ImagePaths::new(parent.join(format!(".{name}.building")));
+    let _ = std::fs::remove_dir_all(&staging.dir);
+    std::fs::create_dir_all(&staging.dir).map_err(|e| ImageError::io(&staging.dir, e))?;
+    let result = build_into(name, &staging, report);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging.dir);
+        return result;
+    }
+    let old = parent.join(format!(".{name}.old"));
+    let _ = std::fs::remove_dir_all(&old);
+    if dest.dir.exists() {
+        std::fs::rename(&dest.dir, &old).map_err(|e| ImageError::io(&dest.dir, e))?;
+    }
+    std::fs::rename(&staging.dir, &dest.dir).map_err(|e| ImageError::io(&dest.dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn build_into(name: &str, out: &ImagePaths, report: Report<'_>) -> Result<(), ImageError> {
+    let tree = out.dir.join("tree");
+    report("debootstrap", 2);
+    mmdebstrap(&tree, report)?;
+    report("customize", 70);
+    customize::customize(&tree)?;
+    let kernel_version = kernel_version(&tree)?;
+    let boot = tree.join("boot");
+    let vmlinuz = boot.join(format!("vmlinuz-{kernel_version}"));
+    std::fs::copy(&vmlinuz, out.kernel()).map_err(|e| ImageError::io(&vmlinuz, e))?;
+    report("initrd", 75);
+    customize::build_initrd(&tree, &kernel_version, &out.initrd())?;
+    report("rootfs", 80);
+    let size_mib = (tree_size(&tree) / (1 << 20)) * 2 + 512;
+    cmd::run(
+        "mkfs.ext4",
+        &[
+            "-q".as_ref(),
+            "-F".as_ref(),
+            "-L".as_ref(),
+            "banger-root".as_ref(),
+            "-d".as_ref(),
+            tree.as_os_str(),
+            out.rootfs().as_os_str(),
+            format!("{size_mib}M").as_ref(),
+        ] as &[&std::ffi::OsStr],
+    )?;
+    std::fs::remove_dir_all(&tree).map_err(|e| ImageError::io(&tree, e))?;
+    let manifest = Manifest {
+        name: name.to_string(),
+        kernel: kernel_version,
+        suite: SUITE.to_string(),
+        built_at: crate::store::now(),
+    };
+    let json = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    std::fs::write(out.manifest(), json).map_err(|e| ImageError::io(&out.manifest(), e))?;
+    report("done", 100);
+    Ok(())
+}
+
+fn mmdebstrap(tree: &Path, report: Report<'_>) -> Result<(), ImageError> {
+    let mut child = Command::new("mmdebstrap")
+        .arg("--variant=minbase")
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg("--dpkgopt=path-exclude=/usr/share/doc/*")
+        .arg("--dpkgopt=path-exclude=/usr/share/man/*")
+        .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
+        .arg(SUITE)
+        .arg(tree)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| cmd::spawn_error("mmdebstrap", &[], e))?;
+    let mut tail = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(msg) = line.strip_prefix("I: ") {
+                report(&format!("debootstrap: {msg}"), progress_of(msg));
+            }
+            tail.push(line);
+            if tail.len() > 5 {
+                tail.remove(0);
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| ImageError::io(tree, e))?;
+    if !status.success() {
+        return Err(ImageError::Invalid(format!(
+            "mmdebstrap failed ({status}): {}",
+            tail.join(" | ")
+        )));
+    }
+    Ok(())
+}
+
+/// Rough progress through mmdebstrap's phases.
+fn progress_of(msg: &str) -> u8 {
+    if msg.starts_with("downloading") {
+        10
+    } else if msg.starts_with("extracting") {
+        25
+    } else if msg.starts_with("installing essential") {
+        35
+    } else if msg.starts_with("installing remaining") {
+        50
+    } else if msg.starts_with("cleaning") {
+        65
+    } else {
+        5
+    }
+}
+
+fn kernel_version(tree: &Path) -> Result<String, ImageError> {
+    let dir = tree.join("lib/modules");
+    let mut versions: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| ImageError::io(&dir, e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .ok_or_else(|| ImageError::Invalid("the image has no kernel".into()))
+}
+
+fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}

@@ -1,0 +1,154 @@
+//! Turns a fresh Debian tree into a banger guest: the identity unit, sshd
+//! and journald settings, units masked for a fast boot, no baked host keys,
+//! and banger's own small initrd.
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use super::cpio::Archive;
+use super::ImageError;
+
+const GUEST_INIT: &str = include_str!("assets/banger-guest-init");
+const GUEST_UNIT: &str = include_str!("assets/banger-guest.service");
+const SSHD_CONF: &str = include_str!("assets/sshd-banger.conf");
+const JOURNALD_CONF: &str = include_str!("assets/journald-banger.conf");
+const INITRD_INIT: &str = include_str!("assets/initrd-init");
+
+/// Units that cost boot time and do nothing useful in a disposable VM.
+/// udev is among them: the initrd loads the few drivers the VM needs.
+pub const MASKED_UNITS: &[&str] = &[
+    "systemd-udevd.service",
+    "systemd-udev-trigger.service",
+    "systemd-udevd-control.socket",
+    "systemd-udevd-kernel.socket",
+    "systemd-udev-settle.service",
+    "e2scrub_reap.service",
+    "e2scrub_all.timer",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "fstrim.timer",
+    "getty@tty1.service",
+    "serial-getty@ttyS0.service",
+    "systemd-journal-flush.service",
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "kmod-static-nodes.service",
+    "modprobe@configfs.service",
+    "modprobe@dm_mod.service",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@fuse.service",
+    "modprobe@loop.service",
+    "systemd-pstore.service",
+];
+
+/// Kernel modules the initrd loads, in dependency order (path under
+/// `lib/modules/<version>/kernel/`).
+pub const INITRD_MODULES: &[&str] = &[
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_pci_legacy_dev",
+    "drivers/virtio/virtio_pci_modern_dev",
+    "drivers/virtio/virtio_pci",
+    "drivers/block/virtio_blk",
+    "net/core/failover",
+    "drivers/net/net_failover",
+    "drivers/net/virtio_net",
+];
+
+fn write(root: &Path, rel: &str, body: &str, mode: u32) -> Result<(), ImageError> {
+    let p = root.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ImageError::io(parent, e))?;
+    }
+    std::fs::write(&p, body).map_err(|e| ImageError::io(&p, e))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| ImageError::io(&p, e))
+}
+
+fn force_symlink(target: &str, link: &Path) -> Result<(), ImageError> {
+    let _ = std::fs::remove_file(link);
+    if let Some(parent) = link.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ImageError::io(parent, e))?;
+    }
+    symlink(target, link).map_err(|e| ImageError::io(link, e))
+}
+
+/// Applies banger's changes to the tree at `root`.
+pub fn customize(root: &Path) -> Result<(), ImageError> {
+    write(root, "usr/local/sbin/banger-guest-init", GUEST_INIT, 0o755)?;
+    write(
+        root,
+        "etc/systemd/system/banger-guest.service",
+        GUEST_UNIT,
+        0o644,
+    )?;
+    force_symlink(
+        "/etc/systemd/system/banger-guest.service",
+        &root.join("etc/systemd/system/sysinit.target.wants/banger-guest.service"),
+    )?;
+    write(root, "etc/ssh/sshd_config.d/banger.conf", SSHD_CONF, 0o644)?;
+    write(
+        root,
+        "etc/systemd/journald.conf.d/banger.conf",
+        JOURNALD_CONF,
+        0o644,
+    )?;
+    let units = root.join("etc/systemd/system");
+    for unit in MASKED_UNITS {
+        force_symlink("/dev/null", &units.join(unit))?;
+    }
+    for wants in [
+        "getty.target.wants/getty@tty1.service",
+        "multi-user.target.wants/e2scrub_reap.service",
+    ] {
+        let _ = std::fs::remove_file(units.join(wants));
+    }
+    // Host keys come per VM from the config drive; the image carries none.
+    remove_matching(&root.join("etc/ssh"), "ssh_host_")?;
+    // Every VM gets its own machine id at first boot.
+    write(root, "etc/machine-id", "", 0o444)?;
+    write(
+        root,
+        "etc/fstab",
+        "# banger: the root is mounted by the initrd\n",
+        0o644,
+    )?;
+    write(root, "etc/hostname", "banger\n", 0o644)?;
+    Ok(())
+}
+
+fn remove_matching(dir: &Path, prefix: &str) -> Result<(), ImageError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ImageError::io(dir, e))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let p = entry.path();
+            std::fs::remove_file(&p).map_err(|e| ImageError::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes banger's initrd: static busybox, the virtio modules, and an init
+/// that mounts the root disk and switches to systemd.
+pub fn build_initrd(root: &Path, kernel_version: &str, dest: &Path) -> Result<(), ImageError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| ImageError::io(p, e));
+    let mut a = Archive::default();
+    for d in ["bin", "dev", "proc", "sys", "newroot", "modules"] {
+        a.dir(d);
+    }
+    a.file("bin/busybox", 0o755, &read(&root.join("bin/busybox"))?);
+    a.file("init", 0o755, INITRD_INIT.as_bytes());
+    let moddir = root.join("lib/modules").join(kernel_version).join("kernel");
+    for m in INITRD_MODULES {
+        let src = moddir.join(format!("{m}.ko"));
+        let base = m.rsplit('/').next().unwrap_or(m);
+        a.file(&format!("modules/{base}.ko"), 0o644, &read(&src)?);
+    }
+    let mut f = std::fs::File::create(dest).map_err(|e| ImageError::io(dest, e))?;
+    a.finish(&mut f).map_err(|e| ImageError::io(dest, e))
+}

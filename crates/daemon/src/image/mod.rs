@@ -1,0 +1,41 @@
+//! Guest images: building the default image from Debian packages, and the
+//! catalog (list, remove).
+
+pub mod build;
+pub mod catalog;
+pub mod cpio;
+pub mod customize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Cmd(#[from] crate::cmd::CmdError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ImageError {
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        ImageError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// The manifest written last into an image directory.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub kernel: String,
+    pub suite: String,
+    pub built_at: i64,
+}
+
+/// The name `vm create` uses when none is given.
+pub const DEFAULT_IMAGE: &str = "default";

@@ -1,0 +1,120 @@
+//! Every path under the state, run and image directories, in one place.
+
+use std::path::{Path, PathBuf};
+
+/// Where the daemon keeps things. Every path can be overridden for tests.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Persistent state: the database, keys, per-VM disks.
+    pub state_dir: PathBuf,
+    /// Runtime files: the socket, QMP sockets, pid files.
+    pub run_dir: PathBuf,
+    /// Built guest images, one directory each.
+    pub image_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(state_dir: PathBuf, run_dir: PathBuf, image_dir: Option<PathBuf>) -> Self {
+        let image_dir = image_dir.unwrap_or_else(|| state_dir.join("images"));
+        Self {
+            state_dir,
+            run_dir,
+            image_dir,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("banger.sock")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.state_dir.join("banger.db")
+    }
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.state_dir.join("ssh")
+    }
+    /// The daemon's ed25519 client key; guests authorize its public half.
+    pub fn client_key(&self) -> PathBuf {
+        self.ssh_dir().join("id_ed25519")
+    }
+    /// Pinned host keys of every VM; banger's SSH checks against it strictly.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.ssh_dir().join("known_hosts")
+    }
+    /// The `Host *.vm` block that `ssh-config --install` includes.
+    pub fn ssh_config(&self) -> PathBuf {
+        self.ssh_dir().join("config")
+    }
+
+    /// A VM's persistent directory: root disk, config drive, console log.
+    pub fn vm_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("vms").join(name)
+    }
+    pub fn vm_disk(&self, name: &str) -> PathBuf {
+        self.vm_dir(name).join("root.qcow2")
+    }
+    pub fn vm_config_drive(&self, name: &str) -> PathBuf {
+        self.vm_dir(name).join("config.img")
+    }
+    pub fn vm_host_key(&self, name: &str) -> PathBuf {
+        self.vm_dir(name).join("ssh_host_ed25519_key")
+    }
+    pub fn vm_console_log(&self, name: &str) -> PathBuf {
+        self.vm_dir(name).join("console.log")
+    }
+    pub fn vm_workspace_image(&self, name: &str) -> PathBuf {
+        self.vm_dir(name).join("workspace.img")
+    }
+
+    /// A running VM's runtime directory: QMP socket, pid file, API socket.
+    pub fn vm_run_dir(&self, name: &str) -> PathBuf {
+        self.run_dir.join("vms").join(name)
+    }
+    pub fn vm_pid_file(&self, name: &str) -> PathBuf {
+        self.vm_run_dir(name).join("vmm.pid")
+    }
+    pub fn vm_control_socket(&self, name: &str) -> PathBuf {
+        self.vm_run_dir(name).join("control.sock")
+    }
+
+    pub fn image(&self, name: &str) -> ImagePaths {
+        ImagePaths::new(self.image_dir.join(name))
+    }
+}
+
+/// The files of one built image.
+#[derive(Debug, Clone)]
+pub struct ImagePaths {
+    pub dir: PathBuf,
+}
+
+impl ImagePaths {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+    pub fn kernel(&self) -> PathBuf {
+        self.dir.join("vmlinuz")
+    }
+    pub fn initrd(&self) -> PathBuf {
+        self.dir.join("initrd.img")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs.ext4")
+    }
+    /// Written last: an image without it is incomplete.
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.join("manifest.json")
+    }
+    pub fn exists(&self) -> bool {
+        self.manifest().exists()
+    }
+}
+
+/// Creates `dir` (and parents) with the given mode.
+pub fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}

@@ -1,0 +1,130 @@
+//! bangerd: the banger daemon as a library. [`run`] serves the API on a
+//! Unix socket until `shutdown` resolves; `banger daemon` calls it, and
+//! tests run it in-process on a temporary socket.
+
+pub mod cmd;
+pub mod disk;
+mod errors;
+pub mod guest;
+pub mod hostnet;
+pub mod image;
+pub mod layout;
+pub mod logcap;
+pub mod opstate;
+pub mod server;
+pub mod store;
+pub mod vm;
+pub mod vmm;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use vm::service::{Config, VmmChoice};
+pub use vm::VmService;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Guest(#[from] guest::GuestError),
+}
+
+fn io_err(what: &'static str, path: &std::path::Path, source: std::io::Error) -> DaemonError {
+    DaemonError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Largest console log kept per VM.
+pub const CONSOLE_LOG_MAX: u64 = 2 << 20;
+
+/// Binds the daemon's socket at `layout.socket()`: mode 0660, group
+/// `banger` when that group exists. A stale socket is replaced.
+pub fn bind(cfg: &Config) -> Result<tokio::net::UnixListener, DaemonError> {
+    let path = cfg.layout.socket();
+    layout::ensure_dir(&cfg.layout.run_dir, 0o755)
+        .map_err(|e| io_err("creating", &cfg.layout.run_dir, e))?;
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Err(io_err(
+            "another daemon answers on",
+            &path,
+            std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        ));
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        tokio::net::UnixListener::bind(&path).map_err(|e| io_err("binding", &path, e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| io_err("chmod", &path, e))?;
+    if let Some(gid) = group_id("banger") {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            io_err(
+                "socket path",
+                &path,
+                std::io::ErrorKind::InvalidInput.into(),
+            )
+        })?;
+        // SAFETY: `c` is a valid NUL-terminated path; uid -1 keeps the owner.
+        let rc = unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) };
+        if rc != 0 {
+            tracing::warn!(
+                "chgrp banger {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+    })
+}
+
+/// Prepares state (directories, keys, database), reconciles the host with
+/// it, then serves `listener` until `shutdown`. VMs keep running after the
+/// daemon exits; the next daemon re-adopts them.
+pub async fn run(
+    listener: tokio::net::UnixListener,
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let l = &cfg.layout;
+    layout::ensure_dir(&l.state_dir, 0o700).map_err(|e| io_err("creating", &l.state_dir, e))?;
+    layout::ensure_dir(&l.state_dir.join("vms"), 0o700)
+        .map_err(|e| io_err("creating", &l.state_dir, e))?;
+    guest::ssh::ensure_client_key(l)?;
+    guest::ssh::write_ssh_config(l)?;
+    let store = Arc::new(store::Store::open(&l.database())?);
+    let svc = VmService::new(cfg, store);
+    vm::reconcile::reconcile(&svc);
+    let housekeeping = {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                svc.refresh_all();
+                svc.cap_console_logs(CONSOLE_LOG_MAX);
+            }
+        })
+    };
+    tracing::info!(socket = %svc.layout().socket().display(), "banger daemon ready");
+    server::serve(listener, svc, shutdown).await;
+    housekeeping.abort();
+    Ok(())
+}

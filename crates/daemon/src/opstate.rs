@@ -1,0 +1,217 @@
+//! Operations: every mutating request gets an id, a kind, a VM, a phase and
+//! a progress figure, persisted in the store. Two mutating operations on one
+//! VM never interleave: the second is refused at once with a `busy` error
+//! naming the operation that holds the VM (clients may retry; nothing
+//! queues behind a stuck operation).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use banger_api::{ApiError, ErrorCode, Event, OpInfo, OpState, Progress};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::store::{now, Store};
+
+/// Where progress events go (the client's connection); may be closed.
+pub type Sink = UnboundedSender<Event>;
+
+/// Hands out operations and holds the per-VM exclusion.
+pub struct OpTracker {
+    store: Arc<Store>,
+    /// VM name -> (operation id, kind) holding it.
+    held: Mutex<HashMap<String, (String, String)>>,
+}
+
+impl OpTracker {
+    pub fn new(store: Arc<Store>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts an operation of `kind` on `vms` (all or nothing). Fails with
+    /// `busy` if another operation holds any of them.
+    pub fn begin(
+        self: &Arc<Self>,
+        kind: &str,
+        vms: &[&str],
+        sink: Option<Sink>,
+    ) -> Result<Op, ApiError> {
+        let id = new_id();
+        {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((vm, (other, other_kind))) =
+                vms.iter().find_map(|v| held.get(*v).map(|h| (v, h)))
+            {
+                return Err(ApiError::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "VM {vm:?} is busy with operation {other} ({other_kind}); wait for it to finish and try again"
+                    ),
+                ));
+            }
+            for v in vms {
+                held.insert(v.to_string(), (id.clone(), kind.to_string()));
+            }
+        }
+        let info = OpInfo {
+            id: id.clone(),
+            kind: kind.to_string(),
+            vm: vms.first().map(|v| v.to_string()),
+            state: OpState::Running,
+            phase: "start".into(),
+            progress: 0,
+            started_at: now(),
+            ended_at: None,
+            error: None,
+        };
+        let op = Op {
+            id,
+            vms: vms.iter().map(|v| v.to_string()).collect(),
+            tracker: self.clone(),
+            sink,
+        };
+        self.store
+            .insert_op(&info)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        tracing::info!(op = %op.id, kind, vm = ?info.vm, "operation started");
+        Ok(op)
+    }
+
+    /// Whether an operation holds `vm` now.
+    pub fn is_held(&self, vm: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(vm)
+    }
+
+    fn release(&self, vms: &[String]) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for v in vms {
+            held.remove(v);
+        }
+    }
+}
+
+/// A running operation. Dropping it releases its VMs.
+pub struct Op {
+    pub id: String,
+    vms: Vec<String>,
+    tracker: Arc<OpTracker>,
+    sink: Option<Sink>,
+}
+
+impl Op {
+    /// Records a new phase and tells the client.
+    pub fn phase(&self, phase: &str, message: &str, percent: u8) {
+        tracing::info!(op = %self.id, phase, "{message}");
+        if let Err(e) = self.tracker.store.update_op_phase(&self.id, phase, percent) {
+            tracing::warn!(op = %self.id, "recording phase: {e}");
+        }
+        if let Some(sink) = &self.sink {
+            let _ = sink.send(Event::Progress(Progress {
+                phase: phase.to_string(),
+                message: message.to_string(),
+                percent,
+            }));
+        }
+    }
+
+    /// A reporter for blocking code (image builds).
+    pub fn reporter(&self) -> impl Fn(&str, u8) + Send + Sync + 'static {
+        let sink = self.sink.clone();
+        let store = self.tracker.store.clone();
+        let id = self.id.clone();
+        move |msg: &str, pct: u8| {
+            let phase = msg.split(':').next().unwrap_or(msg).to_string();
+            let _ = store.update_op_phase(&id, &phase, pct);
+            if let Some(s) = &sink {
+                let _ = s.send(Event::Progress(Progress {
+                    phase,
+                    message: msg.to_string(),
+                    percent: pct,
+                }));
+            }
+        }
+    }
+
+    /// Records the outcome; the VMs are released when `self` drops.
+    pub fn finish<T>(self, result: &Result<T, ApiError>) {
+        let error = result.as_ref().err().map(|e| e.message.as_str());
+        match error {
+            None => tracing::info!(op = %self.id, "operation succeeded"),
+            Some(e) => tracing::warn!(op = %self.id, "operation failed: {e}"),
+        }
+        if let Err(e) = self.tracker.store.finish_op(&self.id, error) {
+            tracing::warn!(op = %self.id, "recording result: {e}");
+        }
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        self.tracker.release(&self.vms);
+    }
+}
+
+fn new_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("op-{:x}{:04x}", nanos & 0xffff_ffff_ffff, seq & 0xffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> (Arc<Store>, Arc<OpTracker>) {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        (store.clone(), OpTracker::new(store))
+    }
+
+    #[test]
+    fn a_second_operation_on_the_same_vm_is_busy_until_the_first_ends() {
+        let (_, t) = tracker();
+        let op = t.begin("vm_stop", &["dev"], None).unwrap();
+        let err = t.begin("vm_start", &["dev"], None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Busy);
+        assert!(err.message.contains(&op.id), "{}", err.message);
+        assert!(t.begin("vm_start", &["other"], None).is_ok());
+        op.finish::<()>(&Ok(()));
+        assert!(!t.is_held("dev"));
+        assert!(t.begin("vm_start", &["dev"], None).is_ok());
+    }
+
+    #[test]
+    fn multi_vm_operations_take_all_or_nothing() {
+        let (_, t) = tracker();
+        let _a = t.begin("vm_stop", &["a"], None).unwrap();
+        assert!(t.begin("vm_prune", &["b", "a"], None).is_err());
+        assert!(!t.is_held("b"), "a refused operation must hold nothing");
+    }
+
+    #[test]
+    fn phases_and_results_are_persisted_and_streamed() {
+        let (store, t) = tracker();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let op = t.begin("vm_create", &["dev"], Some(tx)).unwrap();
+        let id = op.id.clone();
+        op.phase("boot", "booting", 40);
+        let ops = store.list_ops(5).unwrap();
+        assert_eq!((ops[0].phase.as_str(), ops[0].progress), ("boot", 40));
+        assert!(matches!(rx.try_recv(), Ok(Event::Progress(p)) if p.phase == "boot"));
+        op.finish::<()>(&Err(ApiError::internal("disk full")));
+        let ops = store.list_ops(5).unwrap();
+        assert_eq!(ops[0].id, id);
+        assert_eq!(ops[0].state, OpState::Failed);
+        assert_eq!(ops[0].error.as_deref(), Some("disk full"));
+        assert!(ops[0].ended_at.is_some());
+    }
+}

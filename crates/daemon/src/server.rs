@@ -1,0 +1,169 @@
+//! The socket server: one JSON request per connection, answered with
+//! progress events and one final result. Operations run in their own task,
+//! so a client that goes away does not cancel them.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use banger_api::{ApiError, ErrorCode, Event, Request, SshInfo};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::guest::ssh;
+use crate::image::catalog;
+use crate::opstate::Sink;
+use crate::vm::VmService;
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 1 << 20;
+
+pub async fn serve(
+    listener: UnixListener,
+    svc: Arc<VmService>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle_connection(stream, svc.clone()));
+                }
+                Err(e) => tracing::warn!("accept: {e}"),
+            },
+        }
+    }
+}
+
+async fn handle_connection(stream: UnixStream, svc: Arc<VmService>) {
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST);
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            tracing::debug!(?uid, ?req, "request");
+            let sink = tx.clone();
+            tokio::spawn(async move {
+                let event = match dispatch(&svc, req, sink.clone()).await {
+                    Ok(v) => Event::Ok(v),
+                    Err(e) => Event::Error(e),
+                };
+                let _ = sink.send(event);
+            });
+        }
+        Err(e) => {
+            let _ = tx.send(Event::Error(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("malformed request: {e}; is the CLI the same version as the daemon?"),
+            )));
+        }
+    }
+    drop(tx);
+    while let Some(event) = rx.recv().await {
+        let mut text = serde_json::to_string(&event).unwrap_or_default();
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() {
+            break; // the client left; the operation carries on
+        }
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Runs one request.
+pub async fn dispatch(svc: &Arc<VmService>, req: Request, sink: Sink) -> Result<Value, ApiError> {
+    let sink = Some(sink);
+    match req {
+        Request::Ping => {
+            Ok(json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}))
+        }
+        Request::VmCreate { spec } => to_value(svc.create(spec, sink).await?),
+        Request::VmStart { name } => to_value(svc.start(&name, sink).await?),
+        Request::VmStop { name } => to_value(svc.stop(&name, sink).await?),
+        Request::VmRestart { name } => to_value(svc.restart(&name, sink).await?),
+        Request::VmKill { name, signal } => to_value(svc.kill(&name, &signal, sink).await?),
+        Request::VmDelete { name, force } => {
+            svc.delete(&name, force, sink).await?;
+            Ok(json!({"deleted": name}))
+        }
+        Request::VmPrune { dry_run } => to_value(svc.prune(dry_run, sink).await?),
+        Request::VmList => to_value(svc.list()?),
+        Request::VmShow { name } => to_value(svc.show(&name)?),
+        Request::VmSsh { name } => {
+            let vm = svc.show(&name)?;
+            if vm.state != banger_api::VmState::Running {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    format!(
+                        "VM {name:?} is {}; start it with `banger vm start {name}`",
+                        vm.state
+                    ),
+                ));
+            }
+            let l = svc.layout();
+            to_value(SshInfo {
+                ip: vm.ip,
+                user: "root".into(),
+                identity_file: l.client_key().display().to_string(),
+                known_hosts: l.known_hosts().display().to_string(),
+                config_file: l.ssh_config().display().to_string(),
+            })
+        }
+        Request::VmLogPath { name } => {
+            let _ = svc.show(&name)?;
+            Ok(json!({"path": svc.layout().vm_console_log(&name)}))
+        }
+        Request::ImageBuild { name } => {
+            banger_api::validate_image_name(&name)?;
+            let op = svc.ops.begin("image_build", &[], sink)?;
+            let result = svc.build_image(&op, &name).await;
+            op.finish(&result);
+            result?;
+            let info = catalog::info(&svc.layout().image(&name))
+                .ok_or_else(|| ApiError::internal("the image build left no manifest"))?;
+            to_value(info)
+        }
+        Request::ImageList => to_value(catalog::list(svc.layout())?),
+        Request::ImageRm { name } => {
+            banger_api::validate_image_name(&name)?;
+            let paths = svc.layout().image(&name);
+            if !paths.dir.exists() {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no image named {name:?}; `banger image list` shows the images"),
+                ));
+            }
+            let users: Vec<String> = svc
+                .list()?
+                .into_iter()
+                .filter(|v| v.image == name)
+                .map(|v| v.name)
+                .collect();
+            if !users.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    format!(
+                        "image {name:?} is the base of VM(s) {}; delete them first",
+                        users.join(", ")
+                    ),
+                ));
+            }
+            catalog::remove(&paths)?;
+            Ok(json!({"removed": name}))
+        }
+        Request::OpList => to_value(svc.store.list_ops(50)?),
+        Request::SshConfig => {
+            let path = ssh::write_ssh_config(svc.layout())?;
+            Ok(json!({"path": path, "text": ssh::ssh_config_text(svc.layout())}))
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Which accelerator QEMU should use. KVM is used only when it can boot a
+//! guest: some hosts expose /dev/kvm but hang ordinary guest kernels, so the
+//! check boots the guest kernel for real, with a timeout.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `--accel` as the user gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for AccelChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AccelChoice::Auto),
+            "kvm" => Ok(AccelChoice::Kvm),
+            "tcg" => Ok(AccelChoice::Tcg),
+            _ => Err(format!("unknown accelerator {s:?}; use auto, kvm or tcg")),
+        }
+    }
+}
+
+/// Boots `kernel` under KVM with no root disk: a working KVM reaches the
+/// "unable to mount root" panic within seconds and QEMU exits (panic=-1 and
+/// -no-reboot); a KVM that cannot run guests hangs until the timeout.
+pub fn kvm_boots_guest(kernel: &Path, timeout: Duration) -> bool {
+    if !Path::new("/dev/kvm").exists() {
+        return false;
+    }
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "kvm", "-M", "q35", "-m", "256", "-nodefaults"])
+        .args(["-display", "none", "-no-reboot", "-serial", "none"])
+        .arg("-kernel")
+        .arg(kernel)
+        .args(["-append", "panic=-1 console=ttyS0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}

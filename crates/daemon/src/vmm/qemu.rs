@@ -1,0 +1,165 @@
+//! The QEMU backend: direct kernel boot on q35 with virtio-pci devices, QMP
+//! for control, the serial console appended to a file.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{process, process_tag, qmp, LaunchSpec, Vmm, VmmError};
+use crate::cmd;
+
+/// QEMU, with KVM or TCG software emulation.
+pub struct Qemu {
+    pub kvm: bool,
+}
+
+impl Qemu {
+    /// The full argument vector for `spec`.
+    pub fn args(&self, spec: &LaunchSpec) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+        let accel = if self.kvm { "kvm" } else { "tcg" };
+        let cpu = if self.kvm { "host" } else { "max" };
+        let name = format!("{},process=banger-{}", spec.name, spec.name);
+        push(&["-name", &name, "-accel", accel, "-M", "q35", "-cpu", cpu]);
+        push(&[
+            "-smp",
+            &spec.cpus.to_string(),
+            "-m",
+            &spec.memory_mib.to_string(),
+        ]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
+        a.push("-kernel".into());
+        a.push(spec.kernel.clone().into());
+        a.push("-initrd".into());
+        a.push(spec.initrd.clone().into());
+        a.push("-append".into());
+        a.push(format!("{} {}", spec.cmdline, process_tag(&spec.name)).into());
+        for (i, d) in spec.drives.iter().enumerate() {
+            let mut drive = OsString::from("file=");
+            drive.push(escape_commas(&d.path));
+            drive.push(format!(
+                ",if=none,id=drive{i},format={},readonly={},cache=writeback,discard=unmap",
+                d.format,
+                if d.readonly { "on" } else { "off" }
+            ));
+            a.push("-drive".into());
+            a.push(drive);
+            a.push("-device".into());
+            a.push(format!("virtio-blk-pci,drive=drive{i},serial=banger{i}").into());
+        }
+        a.push("-netdev".into());
+        a.push(format!("tap,id=net0,ifname={},script=no,downscript=no", spec.tap).into());
+        a.push("-device".into());
+        a.push(format!("virtio-net-pci,netdev=net0,mac={}", spec.mac).into());
+        a.push("-chardev".into());
+        let mut chardev = OsString::from("file,id=serial0,append=on,path=");
+        chardev.push(escape_commas(&spec.console_log));
+        a.push(chardev);
+        a.push("-serial".into());
+        a.push("chardev:serial0".into());
+        a.push("-qmp".into());
+        let mut qmp = OsString::from("unix:");
+        qmp.push(escape_commas(&spec.control_socket));
+        qmp.push(",server=on,wait=off");
+        a.push(qmp);
+        a.push("-pidfile".into());
+        a.push(spec.pid_file.clone().into());
+        a.push("-daemonize".into());
+        a
+    }
+}
+
+/// QEMU option values separate on commas; a literal comma is doubled.
+fn escape_commas(p: &Path) -> OsString {
+    OsString::from(p.to_string_lossy().replace(',', ",,"))
+}
+
+impl Vmm for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
+        let _ = std::fs::remove_file(&spec.pid_file);
+        let _ = std::fs::remove_file(&spec.control_socket);
+        // With -daemonize, QEMU exits non-zero (with its reason on stderr)
+        // when the configuration is wrong, and zero once the VM runs.
+        cmd::run("qemu-system-x86_64", &self.args(spec))
+            .map_err(|e| VmmError::Launch(e.to_string()))?;
+        let pid = process::read_pid_file(&spec.pid_file)
+            .ok_or_else(|| VmmError::Launch(format!("no pid in {}", spec.pid_file.display())))?;
+        Ok(pid)
+    }
+
+    fn request_shutdown(&self, control_socket: &Path) -> Result<(), VmmError> {
+        // Ctrl-Alt-Del: systemd starts ctrl-alt-del.target (a reboot), and
+        // -no-reboot turns the reboot into QEMU's exit.
+        let keys = json!({"keys": [
+            {"type": "qcode", "data": "ctrl"},
+            {"type": "qcode", "data": "alt"},
+            {"type": "qcode", "data": "delete"}
+        ]});
+        qmp::execute(control_socket, "send-key", keys)?;
+        Ok(())
+    }
+}
+
+/// How long a graceful stop may take before the VMM is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::Drive;
+
+    #[test]
+    fn command_line_has_the_devices_the_guest_expects() {
+        let spec = LaunchSpec {
+            name: "dev".into(),
+            kernel: "/img/vmlinuz".into(),
+            initrd: "/img/initrd".into(),
+            cmdline: "console=ttyS0 root=/dev/vda".into(),
+            drives: vec![
+                Drive {
+                    path: "/s/a,b.qcow2".into(),
+                    format: "qcow2".into(),
+                    readonly: false,
+                },
+                Drive {
+                    path: "/s/config.img".into(),
+                    format: "raw".into(),
+                    readonly: true,
+                },
+            ],
+            tap: "banger-tap1".into(),
+            mac: "02:62:67:00:00:01".into(),
+            cpus: 2,
+            memory_mib: 512,
+            console_log: "/s/console.log".into(),
+            pid_file: "/r/vmm.pid".into(),
+            control_socket: "/r/control.sock".into(),
+        };
+        let args: Vec<String> = Qemu { kvm: false }
+            .args(&spec)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let line = args.join(" ");
+        assert!(line.contains("-accel tcg"));
+        assert!(line.contains("file=/s/a,,b.qcow2,if=none,id=drive0,format=qcow2,readonly=off"));
+        assert!(line.contains("id=drive1,format=raw,readonly=on"));
+        assert!(line.contains("ifname=banger-tap1"));
+        assert!(line.contains("mac=02:62:67:00:00:01"));
+        assert!(args.iter().any(|a| a.ends_with(" banger-vm=dev")));
+        assert!(line.contains("-no-reboot"));
+    }
+}
