@@ -35,6 +35,10 @@ pub struct DaemonArgs {
     /// Seconds `vm create`/`vm start` wait for SSH.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
+    /// Run image builds (mmdebstrap) in this network namespace, e.g.
+    /// /proc/1/ns/net for a daemon started inside a test namespace.
+    #[arg(long)]
+    build_netns: Option<PathBuf>,
 }
 
 pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
@@ -67,6 +71,7 @@ pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
             .parse::<AccelChoice>()
             .map_err(anyhow::Error::msg)?,
         boot_timeout: Duration::from_secs(args.boot_timeout),
+        build_netns: args.build_netns,
     };
     if socket != cfg.layout.socket()
         && std::env::var_os("BANGER_SOCKET").is_none()

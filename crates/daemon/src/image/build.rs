@@ -34,7 +34,16 @@ pub type Report<'a> = &'a (dyn Fn(&str, u8) + Send + Sync);
 
 /// Builds image `name` into `dest`. An existing image there is replaced only
 /// once the new one is complete.
-pub fn build(name: &str, dest: &ImagePaths, report: Report<'_>) -> Result<(), ImageError> {
+///
+/// `netns`, when given, is a network namespace (e.g. `/proc/1/ns/net`) that
+/// mmdebstrap runs in, for a daemon that lives in a namespace without a
+/// route to the Debian mirror.
+pub fn build(
+    name: &str,
+    dest: &ImagePaths,
+    netns: Option<&Path>,
+    report: Report<'_>,
+) -> Result<(), ImageError> {
     let parent = dest
         .dir
         .parent()
@@ -43,7 +52,7 @@ pub fn build(name: &str, dest: &ImagePaths, report: Report<'_>) -> Result<(), Im
     let staging = ImagePaths::new(parent.join(format!(".{name}.building")));
     let _ = std::fs::remove_dir_all(&staging.dir);
     std::fs::create_dir_all(&staging.dir).map_err(|e| ImageError::io(&staging.dir, e))?;
-    let result = build_into(name, &staging, report);
+    let result = build_into(name, &staging, netns, report);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staging.dir);
         return result;
@@ -58,10 +67,15 @@ pub fn build(name: &str, dest: &ImagePaths, report: Report<'_>) -> Result<(), Im
     Ok(())
 }
 
-fn build_into(name: &str, out: &ImagePaths, report: Report<'_>) -> Result<(), ImageError> {
+fn build_into(
+    name: &str,
+    out: &ImagePaths,
+    netns: Option<&Path>,
+    report: Report<'_>,
+) -> Result<(), ImageError> {
     let tree = out.dir.join("tree");
     report("debootstrap", 2);
-    mmdebstrap(&tree, report)?;
+    mmdebstrap(&tree, netns, report)?;
     report("customize", 70);
     customize::customize(&tree)?;
     let kernel_version = kernel_version(&tree)?;
@@ -98,8 +112,16 @@ fn build_into(name: &str, out: &ImagePaths, report: Report<'_>) -> Result<(), Im
     Ok(())
 }
 
-fn mmdebstrap(tree: &Path, report: Report<'_>) -> Result<(), ImageError> {
-    let mut child = Command::new("mmdebstrap")
+fn mmdebstrap(tree: &Path, netns: Option<&Path>, report: Report<'_>) -> Result<(), ImageError> {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("mmdebstrap");
+            c
+        }
+        None => Command::new("mmdebstrap"),
+    };
+    let mut child = command
         .arg("--variant=minbase")
         .arg(format!("--include={}", PACKAGES.join(",")))
         .arg("--dpkgopt=path-exclude=/usr/share/doc/*")

@@ -50,6 +50,8 @@ pub struct Config {
     pub accel: AccelChoice,
     /// How long `create`/`start` wait for SSH to answer.
     pub boot_timeout: Duration,
+    /// Network namespace image builds run in (see `image::build::build`).
+    pub build_netns: Option<PathBuf>,
 }
 
 /// Resource limits `vm create` accepts.
@@ -235,9 +237,12 @@ impl VmService {
         let paths = self.layout().image(name);
         let report = op.reporter();
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || image::build::build(&name, &paths, &report))
-            .await
-            .map_err(blocking_err)??;
+        let netns = self.cfg.build_netns.clone();
+        tokio::task::spawn_blocking(move || {
+            image::build::build(&name, &paths, netns.as_deref(), &report)
+        })
+        .await
+        .map_err(blocking_err)??;
         Ok(())
     }
 
