@@ -113,6 +113,10 @@ pub async fn run(
     let store = Arc::new(store::Store::open(&l.database())?);
     let svc = VmService::new(cfg, store);
     vm::reconcile::reconcile(&svc);
+    {
+        let svc = svc.clone();
+        tokio::task::spawn_blocking(move || svc.probe_accel_early());
+    }
     let housekeeping = {
         let svc = svc.clone();
         tokio::spawn(async move {

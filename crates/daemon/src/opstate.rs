@@ -16,6 +16,7 @@ use crate::store::{now, Store};
 pub type Sink = UnboundedSender<Event>;
 
 /// Hands out operations and holds the per-VM exclusion.
+#[derive(Debug)]
 pub struct OpTracker {
     store: Arc<Store>,
     /// VM name -> (operation id, kind) holding it.
@@ -96,6 +97,7 @@ impl OpTracker {
 }
 
 /// A running operation. Dropping it releases its VMs.
+#[derive(Debug)]
 pub struct Op {
     pub id: String,
     vms: Vec<String>,

@@ -60,6 +60,7 @@ pub trait AddressPlan {
 }
 
 /// The store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
 }

@@ -48,6 +48,7 @@ pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if args.bridge.is_empty()
         || args.bridge.len() > 15

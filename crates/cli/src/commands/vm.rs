@@ -236,12 +236,12 @@ fn prune(socket: &Path, force: bool) -> anyhow::Result<i32> {
 
 fn ssh_info(socket: &Path, name: &str) -> anyhow::Result<SshInfo> {
     validate_vm_name(name)?;
-    Ok(rpc::call(
+    rpc::call(
         socket,
         &Request::VmSsh {
             name: name.to_string(),
         },
-    )?)
+    )
 }
 
 fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {

@@ -15,6 +15,12 @@ impl CowDisk for Qcow2 {
         "qcow2"
     }
     fn create(&self, base: &Path, dest: &Path, size_gib: u32) -> Result<(), DiskError> {
+        if dest.exists() {
+            return Err(DiskError::io(
+                dest,
+                std::io::ErrorKind::AlreadyExists.into(),
+            ));
+        }
         let base = base.canonicalize().map_err(|e| DiskError::io(base, e))?;
         let size = format!("{size_gib}G");
         cmd::run(

@@ -125,6 +125,19 @@ impl VmService {
         }
     }
 
+    /// Decides KVM or TCG ahead of the first boot (the probe takes seconds
+    /// when KVM cannot run guests), using any built image's kernel.
+    pub fn probe_accel_early(&self) {
+        if self.kvm.get().is_some() {
+            return;
+        }
+        if let Ok(images) = image::catalog::list(self.layout()) {
+            if let Some(img) = images.first() {
+                self.use_kvm(&self.layout().image(&img.name).kernel());
+            }
+        }
+    }
+
     fn use_kvm(&self, kernel: &std::path::Path) -> bool {
         *self.kvm.get_or_init(|| match self.cfg.accel {
             AccelChoice::Tcg => false,
@@ -331,7 +344,8 @@ impl VmService {
             name: vm.name.clone(),
             kernel: image.kernel(),
             initrd: image.initrd(),
-            cmdline: "console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 quiet loglevel=4 banger.config=/dev/vdb".into(),
+            cmdline: "console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.config=/dev/vdb"
+                .into(),
             drives: vec![
                 Drive {
                     path: l.vm_disk(&vm.name),

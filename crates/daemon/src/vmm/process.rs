@@ -107,7 +107,12 @@ mod tests {
             ])
             .spawn()
             .unwrap();
-        assert!(is_vm_process(child.id(), "tagged"));
+        // Give the child time to exec before reading its command line.
+        let seen = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            is_vm_process(child.id(), "tagged")
+        });
+        assert!(seen, "the tagged process was not recognised");
         assert!(!is_vm_process(child.id(), "tag"), "a prefix must not match");
         child.kill().unwrap();
         child.wait().unwrap();

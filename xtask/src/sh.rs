@@ -1,0 +1,59 @@
+//! Running commands from xtask: visible steps, captured output.
+
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{bail, Context};
+
+/// Runs a visible step; fails if it fails.
+pub fn step(title: &str, argv: &[&str]) -> anyhow::Result<()> {
+    eprintln!("==> {title}");
+    let status = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", argv[0]))?;
+    if !status.success() {
+        bail!("{title} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs and captures; never fails on a non-zero exit.
+pub fn capture(argv: &[&str]) -> anyhow::Result<Output> {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", argv[0]))
+}
+
+/// Runs quietly; Ok only on success.
+pub fn quiet(argv: &[&str]) -> anyhow::Result<String> {
+    let out = capture(argv)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The workspace root (xtask lives one level down).
+pub fn root() -> std::path::PathBuf {
+    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(|p| p.to_path_buf()).unwrap_or(here)
+}
+
+/// Builds the banger binary and returns its path.
+pub fn build_banger() -> anyhow::Result<std::path::PathBuf> {
+    step(
+        "cargo build (banger)",
+        &["cargo", "build", "--package", "banger"],
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    Ok(target.join("debug").join("banger"))
+}
