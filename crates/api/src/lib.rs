@@ -10,7 +10,7 @@ pub mod types;
 pub use error::{ApiError, ErrorCode};
 pub use names::{validate_image_name, validate_vm_name};
 pub use protocol::{Event, Progress, Request};
-pub use types::{ImageInfo, OpInfo, OpState, SshInfo, VmInfo, VmSpec, VmState};
+pub use types::{ImageInfo, OpInfo, OpState, PortInfo, SshInfo, VmInfo, VmSpec, VmState};
 
 /// Default path of the daemon's socket.
 pub const DEFAULT_SOCKET: &str = "/run/banger/banger.sock";

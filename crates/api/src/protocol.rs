@@ -46,6 +46,9 @@ pub enum Request {
     VmLogPath {
         name: String,
     },
+    VmPorts {
+        name: String,
+    },
     ImageBuild {
         name: String,
     },
@@ -69,7 +72,8 @@ impl Request {
             | Request::VmDelete { name, .. }
             | Request::VmShow { name }
             | Request::VmSsh { name }
-            | Request::VmLogPath { name } => Some(name),
+            | Request::VmLogPath { name }
+            | Request::VmPorts { name } => Some(name),
             _ => None,
         }
     }

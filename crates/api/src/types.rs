@@ -127,3 +127,15 @@ pub struct SshInfo {
     pub known_hosts: String,
     pub config_file: String,
 }
+
+/// A listening socket in a guest, as `vm ports` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    pub port: u16,
+    /// `NAME.vm:PORT` when the VM has a DNS record, else `IP:PORT`.
+    pub endpoint: String,
+    /// The owning process, when the guest reports it.
+    pub process: String,
+}

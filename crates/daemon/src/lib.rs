@@ -4,8 +4,10 @@
 
 pub mod cmd;
 pub mod disk;
+pub mod dns;
 mod errors;
 pub mod guest;
+pub mod hostnat;
 pub mod hostnet;
 pub mod image;
 pub mod layout;
@@ -96,6 +98,51 @@ fn group_id(name: &str) -> Option<u32> {
     })
 }
 
+/// Creates the bridge and serves the `.vm` zone on its address. Failures
+/// are logged: VMs still work by IP without DNS.
+async fn start_dns(svc: &Arc<VmService>) -> Option<tokio::task::JoinHandle<()>> {
+    let cfg = &svc.cfg;
+    if let Err(e) = hostnet::bridge::ensure(&cfg.bridge, &cfg.subnet) {
+        tracing::warn!(
+            "cannot set up bridge {}: {e}; DNS for .vm is off",
+            cfg.bridge
+        );
+        return None;
+    }
+    if let Err(e) = svc.ensure_isolation(false) {
+        tracing::warn!("{}", e.message);
+    }
+    if cfg.dns_port == 0 {
+        return None;
+    }
+    let gateway = cfg.subnet.gateway();
+    let upstreams = dns::upstream::from_resolv_conf(
+        std::path::Path::new("/etc/resolv.conf"),
+        &[std::net::IpAddr::V4(gateway)],
+    );
+    let store = svc.store.clone();
+    let resolve: dns::Resolver = Arc::new(move |name: &str| {
+        store
+            .get_vm(name)
+            .ok()
+            .flatten()
+            .and_then(|vm| vm.ip.parse().ok())
+    });
+    let addr = std::net::SocketAddr::new(gateway.into(), cfg.dns_port);
+    match dns::serve(addr, resolve, upstreams).await {
+        Ok(handle) => {
+            svc.dns_running
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            dns::resolved::register(&cfg.bridge, gateway);
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::warn!("cannot serve DNS on {addr}: {e}; `NAME.vm` names will not resolve");
+            None
+        }
+    }
+}
+
 /// Prepares state (directories, keys, database), reconciles the host with
 /// it, then serves `listener` until `shutdown`. VMs keep running after the
 /// daemon exits; the next daemon re-adopts them.
@@ -112,6 +159,7 @@ pub async fn run(
     guest::ssh::write_ssh_config(l)?;
     let store = Arc::new(store::Store::open(&l.database())?);
     let svc = VmService::new(cfg, store);
+    let _dns = start_dns(&svc).await;
     vm::reconcile::reconcile(&svc);
     {
         let svc = svc.clone();

@@ -122,6 +122,7 @@ pub async fn dispatch(svc: &Arc<VmService>, req: Request, sink: Sink) -> Result<
             let _ = svc.show(&name)?;
             Ok(json!({"path": svc.layout().vm_console_log(&name)}))
         }
+        Request::VmPorts { name } => to_value(svc.ports(&name).await?),
         Request::ImageBuild { name } => {
             banger_api::validate_image_name(&name)?;
             let op = svc.ops.begin("image_build", &[], sink)?;

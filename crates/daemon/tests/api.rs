@@ -12,12 +12,17 @@ use bangerd::layout::Layout;
 use bangerd::vmm::accel::AccelChoice;
 use bangerd::{Config, VmmChoice};
 
+mod common;
+
 struct Daemon {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     state: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// As root the daemon sets up its bridge at start: it gets a namespace
+    /// of its own so the host's network is never touched.
+    _ns: Option<common::NetNs>,
 }
 
 impl Daemon {
@@ -32,11 +37,19 @@ impl Daemon {
             accel: AccelChoice::Tcg,
             boot_timeout: Duration::from_secs(5),
             build_netns: None,
+            dns_port: 0,
         };
         let socket = cfg.layout.socket();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let ns = common::is_root().then(|| common::NetNs::create("api"));
+        let ns_name = ns.as_ref().map(|n| n.name.clone());
         let thread = std::thread::spawn(move || {
+            if let Some(name) = ns_name {
+                let handle = common::NetNs { name };
+                handle.enter();
+                std::mem::forget(handle); // the outer value removes it
+            }
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async move {
                 let listener = bangerd::bind(&cfg).unwrap();
@@ -55,6 +68,7 @@ impl Daemon {
             state,
             stop: Some(tx),
             thread: Some(thread),
+            _ns: ns,
         };
         // `run` prepares keys before serving; wait for the first answer.
         for _ in 0..300 {

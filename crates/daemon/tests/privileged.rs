@@ -4,41 +4,21 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::os::fd::AsRawFd;
+mod common;
 
 use bangerd::disk::qcow2::Qcow2;
 use bangerd::disk::CowDisk;
 use bangerd::hostnet::{bridge, tap, Subnet};
+use common::in_netns;
 
 fn skip_reason() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         return Some("needs root (network namespaces, taps)");
     }
     if bangerd::cmd::which("ip").is_none() {
         return Some("needs iproute2");
     }
     None
-}
-
-/// Runs `f` on a thread that lives inside a fresh network namespace.
-fn in_netns(tag: &str, f: impl FnOnce() + Send + 'static) {
-    let name = format!("banger-it-{tag}-{}", std::process::id());
-    bangerd::cmd::run("ip", &["netns", "add", &name]).unwrap();
-    let ns_path = format!("/run/netns/{name}");
-    let result = std::thread::spawn(move || {
-        let fd = std::fs::File::open(&ns_path).unwrap();
-        // SAFETY: setns on a valid namespace fd; it affects only this thread,
-        // whose children (ip, qemu-img) inherit the namespace.
-        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f();
-    })
-    .join();
-    bangerd::cmd::run("ip", &["netns", "del", &name]).unwrap();
-    if let Err(p) = result {
-        std::panic::resume_unwind(p);
-    }
 }
 
 #[test]

@@ -17,6 +17,12 @@ pub const ALL: &[Scenario] = &[
     ("vm stop/start keeps guest data", stop_start),
     ("vm restart gives a fresh boot_id", restart),
     ("vm kill --signal KILL ends stopped and clean", kill),
+    ("dns resolves NAME.vm, also after a daemon restart", dns),
+    ("vm ports shows sshd at NAME.vm:22", ports),
+    (
+        "nat rule: scoped, idempotent across stop/start, removed on delete",
+        nat,
+    ),
     ("ssh-config --install/--uninstall", ssh_config),
     ("vm prune -f keeps running VMs", prune),
     ("vm delete leaves nothing behind", delete),
@@ -247,6 +253,8 @@ fn stop_start(env: &mut Env) -> anyhow::Result<Outcome> {
         .to_string();
     env.ok(&["vm", "stop", A])?;
     ensure!(env.vm_state(A)? == "stopped", "state after stop");
+    env.fails(&["vm", "ports", A], "stopped")?;
+    env.fails(&["vm", "ports", A], "stopped")?;
     ensure!(!env.vmm_running(A), "VMM still running after stop");
     ensure!(!env.links()?.contains(&tap), "tap {tap} left after stop");
     env.fails(&["vm", "stop", A], "stopped")?;
@@ -335,27 +343,27 @@ fn ssh_config(env: &mut Env) -> anyhow::Result<Outcome> {
         installed.ends_with(mine),
         "install clobbered the user's config:\n{installed}"
     );
-    // Plain ssh through the installed config reaches the VM by IP (name
-    // resolution of NAME.vm comes with the DNS service).
-    let ip = env.vm_json(A)?["ip"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    // Plain `ssh NAME.vm` through the installed config, resolved by the
+    // daemon's DNS (OpenSSH reads the passwd home, so -F names the file).
+    let user_config = ssh_dir.join("config").to_string_lossy().into_owned();
+    let target = format!("{A}.vm");
     let out = env.ns.capture(&[
         "ssh",
         "-F",
-        &ssh_dir.join("config").to_string_lossy(),
+        &user_config,
         "-o",
         "BatchMode=yes",
-        "-o",
-        &format!("HostName={ip}"),
-        &format!("{A}.vm"),
+        &target,
         "hostname",
     ])?;
     ensure!(
         out.status.success(),
-        "ssh via the installed config: {}",
+        "ssh {target} via the installed config: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == A,
+        "reached the wrong host"
     );
     ensure!(
         with_home(&["ssh-config", "--uninstall"])?.status.success(),
@@ -421,6 +429,150 @@ fn delete(env: &mut Env) -> anyhow::Result<Outcome> {
     ensure!(
         !kh.contains(&format!("banger-vm:{A}")),
         "known_hosts line left"
+    );
+    ensure!(
+        resolve(env, &format!("{A}.vm"))?.is_none(),
+        "DNS record left after delete"
+    );
+    Ok(Outcome::Pass)
+}
+
+fn resolve(env: &Env, name: &str) -> anyhow::Result<Option<String>> {
+    let out = env.ns.capture(&["getent", "hosts", name])?;
+    let first = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    Ok(out.status.success().then_some(first))
+}
+
+fn dns(env: &mut Env) -> anyhow::Result<Outcome> {
+    require_a!(env);
+    let ip = env.vm_json(A)?["ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = format!("{A}.vm");
+    ensure!(
+        resolve(env, &name)?.as_deref() == Some(ip.as_str()),
+        "host side: {name} does not resolve to {ip}"
+    );
+    let guest = env.sh(A, &format!("getent hosts {name}"))?;
+    ensure!(guest.starts_with(&ip), "guest side: {guest:?}");
+    let dig = env
+        .ns
+        .run(&["dig", "+short", "+time=3", "@172.30.0.1", &name])?;
+    ensure!(dig.trim() == ip, "dig: {dig:?}");
+    let nx = env
+        .ns
+        .run(&["dig", "+time=3", "@172.30.0.1", "no-such-vm.vm"])?;
+    ensure!(nx.contains("status: NXDOMAIN"), "unknown .vm name: {nx}");
+    // A restarted daemon serves every record again and re-adopts the VM.
+    env.stop_daemon();
+    ensure!(env.vmm_running(A), "the VM must outlive the daemon");
+    env.start_daemon()?;
+    ensure!(
+        env.vm_state(A)? == "running",
+        "not re-adopted after a daemon restart"
+    );
+    let mut resolved = None;
+    for _ in 0..50 {
+        resolved = resolve(env, &name)?;
+        if resolved.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    ensure!(
+        resolved.as_deref() == Some(ip.as_str()),
+        "after a daemon restart: {resolved:?}"
+    );
+    env.sh(A, "true")
+        .context("the re-adopted VM does not answer")?;
+    Ok(Outcome::Pass)
+}
+
+fn ports(env: &mut Env) -> anyhow::Result<Outcome> {
+    require_a!(env);
+    let v: Value = serde_json::from_str(&env.ok(&["vm", "ports", A, "--json"])?)?;
+    let ssh = v
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["proto"] == "tcp" && p["port"] == 22))
+        .with_context(|| format!("no tcp/22 in {v}"))?;
+    ensure!(
+        ssh["endpoint"] == format!("{A}.vm:22"),
+        "endpoint: {}",
+        ssh["endpoint"]
+    );
+    ensure!(ssh["process"] == "sshd", "process: {}", ssh["process"]);
+    let text = env.ok(&["vm", "ports", A])?;
+    ensure!(
+        !text.contains("localhost") && !text.contains("172.30.0."),
+        "raw address shown: {text}"
+    );
+    Ok(Outcome::Pass)
+}
+
+/// Lines of `iptables -t TABLE -S CHAIN` in the namespace mentioning `needle`.
+fn rules(env: &Env, table: &str, chain: &str, needle: &str) -> anyhow::Result<Vec<String>> {
+    let out = env.ns.run(&["iptables", "-t", table, "-S", chain])?;
+    Ok(out
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect())
+}
+
+fn nat(env: &mut Env) -> anyhow::Result<Outcome> {
+    require_a!(env);
+    let vm = "smoke-nat";
+    env.fails(&["vm", "create", "--name", A, "--nat"], "already exists")?;
+    env.create(vm, &["--nat"])?;
+    let v = env.vm_json(vm)?;
+    ensure!(v["nat"] == true, "vm show --json nat: {}", v["nat"]);
+    let ip = v["ip"].as_str().unwrap_or_default().to_string();
+    let tag = format!("banger:{vm}");
+    let check_once = |when: &str| -> anyhow::Result<()> {
+        let masq = rules(env, "nat", "POSTROUTING", &tag)?;
+        ensure!(
+            masq.len() == 1,
+            "{when}: {} MASQUERADE rules: {masq:?}",
+            masq.len()
+        );
+        let r = &masq[0];
+        ensure!(
+            r.contains(&format!("-s {ip}/32"))
+                && r.contains("! -o banger0")
+                && r.contains("-j MASQUERADE"),
+            "{when}: rule {r}"
+        );
+        let fwd = rules(env, "filter", "FORWARD", &tag)?;
+        ensure!(fwd.len() == 2, "{when}: forward rules {fwd:?}");
+        Ok(())
+    };
+    check_once("after create")?;
+    ensure!(
+        rules(env, "nat", "POSTROUTING", &format!("banger:{A}"))?.is_empty(),
+        "{A} has NAT without --nat"
+    );
+    ensure!(
+        rules(env, "filter", "FORWARD", "banger:isolate")?.len() == 1,
+        "no bridge isolation rule"
+    );
+    env.ok(&["vm", "stop", vm])?;
+    env.ok(&["vm", "start", vm])?;
+    check_once("after stop/start")?;
+    let fwd = env.ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"])?;
+    ensure!(fwd.trim() == "1", "forwarding is off");
+    env.ok(&["vm", "delete", "-f", vm])?;
+    ensure!(
+        rules(env, "nat", "POSTROUTING", &tag)?.is_empty(),
+        "MASQUERADE left after delete"
+    );
+    ensure!(
+        rules(env, "filter", "FORWARD", &tag)?.is_empty(),
+        "FORWARD rules left after delete"
     );
     Ok(Outcome::Pass)
 }

@@ -39,6 +39,9 @@ pub struct DaemonArgs {
     /// /proc/1/ns/net for a daemon started inside a test namespace.
     #[arg(long)]
     build_netns: Option<PathBuf>,
+    /// Port of the `.vm` DNS server on the bridge address (0: off).
+    #[arg(long, default_value_t = 53)]
+    dns_port: u16,
 }
 
 pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
@@ -73,6 +76,7 @@ pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
             .map_err(anyhow::Error::msg)?,
         boot_timeout: Duration::from_secs(args.boot_timeout),
         build_netns: args.build_netns,
+        dns_port: args.dns_port,
     };
     if socket != cfg.layout.socket()
         && std::env::var_os("BANGER_SOCKET").is_none()

@@ -65,6 +65,12 @@ pub enum VmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the guest's listening sockets with their processes.
+    Ports {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the serial console; -f follows it.
     Logs {
         name: String,
@@ -164,6 +170,19 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 output::print_json(&vm)?;
             } else {
                 output::vm_details(&vm);
+            }
+        }
+        VmCommand::Ports { name, json } => {
+            validate_vm_name(&name)?;
+            let ports: Vec<banger_api::PortInfo> = rpc::call(socket, &Request::VmPorts { name })?;
+            if json {
+                output::print_json(&ports)?;
+            } else {
+                let rows: Vec<Vec<String>> = ports
+                    .iter()
+                    .map(|p| vec![p.proto.clone(), p.endpoint.clone(), p.process.clone()])
+                    .collect();
+                output::table(&["PROTO", "ENDPOINT", "PROCESS"], &rows);
             }
         }
         VmCommand::Logs { name, follow } => {

@@ -2,6 +2,7 @@
 //! service that carries the verbs out, and reconciliation at startup.
 
 pub mod lifecycle;
+pub mod ports;
 pub mod reconcile;
 pub mod service;
 

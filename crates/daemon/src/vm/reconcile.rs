@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use banger_api::VmState;
 
 use super::VmService;
+use crate::hostnat::{self, SystemIptables};
 use crate::hostnet::tap;
 use crate::vmm::process;
 
@@ -17,6 +18,7 @@ pub struct Report {
     pub marked_stopped: Vec<String>,
     pub removed_taps: Vec<String>,
     pub removed_dirs: Vec<String>,
+    pub removed_nat: Vec<String>,
     pub failed_ops: usize,
 }
 
@@ -61,6 +63,15 @@ pub fn reconcile(svc: &VmService) -> Report {
         if !live_taps.contains(&t) && tap::remove(&t).is_ok() {
             report.removed_taps.push(t);
         }
+    }
+    let want: Vec<(String, String)> = vms
+        .iter()
+        .filter(|v| v.nat)
+        .map(|v| (v.name.clone(), v.ip.clone()))
+        .collect();
+    match hostnat::reconcile(&SystemIptables, &want, &svc.cfg.bridge) {
+        Ok(removed) => report.removed_nat = removed,
+        Err(e) => tracing::warn!("reconciling NAT rules: {e}"),
     }
     let known: HashSet<String> = vms.iter().map(|v| v.name.clone()).collect();
     let layout = svc.layout();

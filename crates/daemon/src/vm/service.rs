@@ -11,6 +11,7 @@ use banger_api::{ApiError, ErrorCode, VmInfo, VmSpec, VmState};
 use super::lifecycle;
 use crate::disk::CowDisk;
 use crate::guest::{configdrive, ssh};
+use crate::hostnat::{self, SystemIptables};
 use crate::hostnet::{bridge, tap, Subnet, SubnetPlan};
 use crate::image::{self, DEFAULT_IMAGE};
 use crate::layout::{ensure_dir, Layout};
@@ -52,6 +53,8 @@ pub struct Config {
     pub boot_timeout: Duration,
     /// Network namespace image builds run in (see `image::build::build`).
     pub build_netns: Option<PathBuf>,
+    /// Port of the `.vm` DNS server on the bridge address; 0 turns it off.
+    pub dns_port: u16,
 }
 
 /// Resource limits `vm create` accepts.
@@ -67,6 +70,8 @@ pub struct VmService {
     kvm: OnceLock<bool>,
     /// One image build at a time.
     image_lock: tokio::sync::Mutex<()>,
+    /// Whether the `.vm` DNS server runs (endpoints then use names).
+    pub dns_running: std::sync::atomic::AtomicBool,
 }
 
 type R<T> = Result<T, ApiError>;
@@ -85,6 +90,7 @@ impl VmService {
             disk: Box::new(crate::disk::qcow2::Qcow2),
             kvm: OnceLock::new(),
             image_lock: tokio::sync::Mutex::new(()),
+            dns_running: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -256,6 +262,9 @@ impl VmService {
         })
         .await
         .map_err(blocking_err)??;
+        // Settle KVM-or-TCG now rather than during the first boot.
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.probe_accel_early());
         Ok(())
     }
 
@@ -336,6 +345,10 @@ impl VmService {
             pct,
         );
         bridge::ensure(&self.cfg.bridge, &self.cfg.subnet)?;
+        self.ensure_isolation(vm.nat)?;
+        if vm.nat {
+            hostnat::install(&SystemIptables, &vm.name, &vm.ip, &self.cfg.bridge)?;
+        }
         tap::ensure(&vm.tap, &self.cfg.bridge)?;
         let run_dir = l.vm_run_dir(&vm.name);
         ensure_dir(&run_dir, 0o700)
@@ -389,6 +402,20 @@ impl VmService {
             100,
         );
         Ok(())
+    }
+
+    /// Keeps guests on the bridge unless their VM has NAT. Without iptables
+    /// that is only a warning for guests that need no NAT (nothing forwards
+    /// their packets unless the host enabled forwarding).
+    pub fn ensure_isolation(&self, strict: bool) -> R<()> {
+        match hostnat::ensure_isolation(&SystemIptables, &self.cfg.bridge) {
+            Ok(()) => Ok(()),
+            Err(e) if strict => Err(e.into()),
+            Err(e) => {
+                tracing::warn!("cannot install the bridge isolation rule: {e}");
+                Ok(())
+            }
+        }
     }
 
     fn fail(&self, vm: &VmInfo, e: &ApiError) {
@@ -572,6 +599,9 @@ impl VmService {
         }
         op.phase("delete", &format!("removing {}", vm.name), 80);
         self.teardown_runtime(vm);
+        if vm.nat {
+            hostnat::uninstall(&SystemIptables, &vm.name, &vm.ip, &self.cfg.bridge)?;
+        }
         let l = self.layout();
         self.disk.remove(&l.vm_disk(&vm.name))?;
         let dir = l.vm_dir(&vm.name);
@@ -621,6 +651,37 @@ impl VmService {
     }
 
     // ---- reads and housekeeping ---------------------------------------
+
+    /// The guest's listening sockets, with endpoints by name when the VM
+    /// has a DNS record.
+    pub async fn ports(&self, name: &str) -> R<Vec<banger_api::PortInfo>> {
+        let vm = self.show(name)?;
+        if vm.state != VmState::Running {
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                format!(
+                    "VM {name:?} is {}; start it with `banger vm start {name}` to see its ports",
+                    vm.state
+                ),
+            ));
+        }
+        let out = ssh::exec(self.layout(), &vm.ip, "ss -H -tulnp", None).await?;
+        if !out.status.success() {
+            return Err(ApiError::internal(format!(
+                "listing sockets in {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let host = if self.dns_running.load(std::sync::atomic::Ordering::Relaxed) {
+            format!("{name}.vm")
+        } else {
+            vm.ip.clone()
+        };
+        Ok(crate::vm::ports::parse_ss(
+            &String::from_utf8_lossy(&out.stdout),
+            &host,
+        ))
+    }
 
     pub fn list(&self) -> R<Vec<VmInfo>> {
         self.refresh_all();

@@ -1,0 +1,128 @@
+//! Per-VM NAT with iptables: a POSTROUTING MASQUERADE rule scoped to the
+//! guest's /32 and out of any interface but the bridge, plus the FORWARD
+//! accepts it needs; every rule tagged with a comment naming the VM, so
+//! install is idempotent, removal exact, and reconciliation can find orphans
+//! without touching anyone else's rules. Guests without NAT are kept on the
+//! bridge by one bridge-wide FORWARD drop rule.
+
+pub mod rules;
+
+use std::collections::BTreeSet;
+
+use crate::cmd::{self, CmdError};
+pub use rules::Rule;
+
+/// The comment that tags a VM's rules.
+pub fn tag(vm: &str) -> String {
+    format!("banger:{vm}")
+}
+
+/// Tag of the bridge-wide isolation rule.
+pub const ISOLATE_TAG: &str = "banger:isolate";
+
+/// Anything that runs iptables (a fake in unit tests).
+pub trait Iptables {
+    /// `iptables ARGS`; Ok(stdout) on exit 0.
+    fn run(&self, args: &[String]) -> Result<String, CmdError>;
+}
+
+/// The real iptables binary.
+pub struct SystemIptables;
+
+impl Iptables for SystemIptables {
+    fn run(&self, args: &[String]) -> Result<String, CmdError> {
+        cmd::run("iptables", args)
+    }
+}
+
+/// Adds `rule` unless an identical one exists (`-C` first).
+fn ensure(ipt: &dyn Iptables, rule: &Rule) -> Result<(), CmdError> {
+    if ipt.run(&rule.args("-C")).is_err() {
+        ipt.run(&rule.args(rule.add_verb()))?;
+    }
+    Ok(())
+}
+
+/// Deletes every copy of `rule`; none is success.
+fn remove(ipt: &dyn Iptables, rule: &Rule) -> Result<(), CmdError> {
+    while ipt.run(&rule.args("-C")).is_ok() {
+        ipt.run(&rule.args("-D"))?;
+    }
+    Ok(())
+}
+
+/// Installs NAT for `vm` at `ip`: idempotent, never duplicates.
+pub fn install(ipt: &dyn Iptables, vm: &str, ip: &str, bridge: &str) -> Result<(), CmdError> {
+    enable_forwarding();
+    for rule in rules::for_vm(vm, ip, bridge) {
+        ensure(ipt, &rule)?;
+    }
+    Ok(())
+}
+
+/// Removes `vm`'s NAT rules; already gone is success.
+pub fn uninstall(ipt: &dyn Iptables, vm: &str, ip: &str, bridge: &str) -> Result<(), CmdError> {
+    for rule in rules::for_vm(vm, ip, bridge) {
+        remove(ipt, &rule)?;
+    }
+    Ok(())
+}
+
+/// Keeps guests without NAT from reaching beyond the bridge.
+pub fn ensure_isolation(ipt: &dyn Iptables, bridge: &str) -> Result<(), CmdError> {
+    ensure(ipt, &rules::isolation(bridge))
+}
+
+/// VM names that have banger NAT rules installed.
+pub fn list(ipt: &dyn Iptables) -> Result<BTreeSet<String>, CmdError> {
+    let mut names = BTreeSet::new();
+    for (table, chain) in [("nat", "POSTROUTING"), ("filter", "FORWARD")] {
+        let out = ipt.run(&["-t".into(), table.into(), "-S".into(), chain.into()])?;
+        for line in out.lines() {
+            if let Some(name) = rules::vm_of(line) {
+                names.insert(name);
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Makes the rules match `want` (VM name -> IP): adds missing ones, removes
+/// banger rules of VMs not in `want`. Returns the orphans removed.
+pub fn reconcile(
+    ipt: &dyn Iptables,
+    want: &[(String, String)],
+    bridge: &str,
+) -> Result<Vec<String>, CmdError> {
+    for (vm, ip) in want {
+        install(ipt, vm, ip, bridge)?;
+    }
+    let mut removed = Vec::new();
+    for (table, chain) in [("nat", "POSTROUTING"), ("filter", "FORWARD")] {
+        let out = ipt.run(&["-t".into(), table.into(), "-S".into(), chain.into()])?;
+        for line in out.lines() {
+            let Some(vm) = rules::vm_of(line) else {
+                continue;
+            };
+            if want.iter().any(|(w, _)| *w == vm) {
+                continue;
+            }
+            // Delete exactly this rule, as iptables printed it.
+            let mut args: Vec<String> = vec!["-t".into(), table.into(), "-D".into()];
+            args.extend(rules::split_rule(line).into_iter().skip(1));
+            ipt.run(&args)?;
+            removed.push(vm);
+        }
+    }
+    removed.dedup();
+    Ok(removed)
+}
+
+fn enable_forwarding() {
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n") {
+        tracing::warn!("enabling IPv4 forwarding: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! The iptables rules banger writes, as data, and parsing of `iptables -S`.
+
+use super::{tag, ISOLATE_TAG};
+
+/// One rule: table, chain, match and target arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub spec: Vec<String>,
+    /// Insert at the top (accepts) rather than append (the drop).
+    pub insert: bool,
+}
+
+impl Rule {
+    /// Full argument vector for `verb` (`-A`, `-I`, `-C`, `-D`).
+    pub fn args(&self, verb: &str) -> Vec<String> {
+        let mut a = vec![
+            "-t".to_string(),
+            self.table.to_string(),
+            verb.to_string(),
+            self.chain.to_string(),
+        ];
+        a.extend(self.spec.iter().cloned());
+        a
+    }
+
+    pub fn add_verb(&self) -> &'static str {
+        if self.insert {
+            "-I"
+        } else {
+            "-A"
+        }
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The rules that give `vm` (at `ip`) NAT to the outside.
+pub fn for_vm(vm: &str, ip: &str, bridge: &str) -> Vec<Rule> {
+    let src = format!("{ip}/32");
+    let tag = tag(vm);
+    vec![
+        Rule {
+            table: "nat",
+            chain: "POSTROUTING",
+            spec: strings(&[
+                "-s",
+                &src,
+                "!",
+                "-o",
+                bridge,
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "MASQUERADE",
+            ]),
+            insert: false,
+        },
+        Rule {
+            table: "filter",
+            chain: "FORWARD",
+            spec: strings(&[
+                "-s",
+                &src,
+                "-i",
+                bridge,
+                "!",
+                "-o",
+                bridge,
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "ACCEPT",
+            ]),
+            insert: true,
+        },
+        Rule {
+            table: "filter",
+            chain: "FORWARD",
+            spec: strings(&[
+                "-d",
+                &src,
+                "!",
+                "-i",
+                bridge,
+                "-o",
+                bridge,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "ACCEPT",
+            ]),
+            insert: true,
+        },
+    ]
+}
+
+/// Drops anything from the bridge to elsewhere that no VM rule accepted.
+pub fn isolation(bridge: &str) -> Rule {
+    Rule {
+        table: "filter",
+        chain: "FORWARD",
+        spec: strings(&[
+            "-i",
+            bridge,
+            "!",
+            "-o",
+            bridge,
+            "-m",
+            "comment",
+            "--comment",
+            ISOLATE_TAG,
+            "-j",
+            "DROP",
+        ]),
+        insert: false,
+    }
+}
+
+/// Splits an `iptables -S` line into arguments, honouring double quotes.
+pub fn split_rule(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+/// The VM a rule line belongs to, if it carries a per-VM banger tag.
+pub fn vm_of(line: &str) -> Option<String> {
+    let args = split_rule(line);
+    let i = args.iter().position(|a| a == "--comment")?;
+    let name = args.get(i + 1)?.strip_prefix("banger:")?;
+    (name != "isolate" && banger_api::validate_vm_name(name).is_ok()).then(|| name.to_string())
+}
