@@ -49,6 +49,19 @@ pub enum Request {
     VmPorts {
         name: String,
     },
+    WorkspacePrepare {
+        name: String,
+        /// Absolute path on the host.
+        repo: String,
+        /// `overlay` or `full_copy`.
+        mode: String,
+        readonly: bool,
+        include_ignored: bool,
+    },
+    WorkspaceExport {
+        name: String,
+        base_commit: Option<String>,
+    },
     ImageBuild {
         name: String,
     },
@@ -73,7 +86,9 @@ impl Request {
             | Request::VmShow { name }
             | Request::VmSsh { name }
             | Request::VmLogPath { name }
-            | Request::VmPorts { name } => Some(name),
+            | Request::VmPorts { name }
+            | Request::WorkspacePrepare { name, .. }
+            | Request::WorkspaceExport { name, .. } => Some(name),
             _ => None,
         }
     }

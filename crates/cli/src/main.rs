@@ -30,6 +30,9 @@ enum Command {
     /// Create and manage VMs.
     #[command(subcommand)]
     Vm(commands::vm::VmCommand),
+    /// Put a git repo into a VM, and get the work back as a patch.
+    #[command(subcommand)]
+    Workspace(commands::workspace::WorkspaceCommand),
     /// Build and manage guest images.
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
@@ -58,6 +61,7 @@ fn main() {
         Command::Daemon(args) => commands::daemon::run(args, &socket),
         Command::Vm(cmd) => commands::vm::run(cmd, &socket),
         Command::Image(cmd) => commands::image::run(cmd, &socket),
+        Command::Workspace(cmd) => commands::workspace::run(cmd, &socket),
         Command::SshConfig(args) => commands::sshconfig::run(args, &socket),
         Command::Ops { json } => commands::ops(&socket, json),
         Command::Doctor => commands::doctor::run(&socket),

@@ -9,6 +9,7 @@ use crate::hostnet::NetError;
 use crate::image::ImageError;
 use crate::store::StoreError;
 use crate::vmm::VmmError;
+use crate::workspace::WorkspaceError;
 
 impl From<CmdError> for ApiError {
     fn from(e: CmdError) -> Self {
@@ -44,4 +45,11 @@ macro_rules! with_cmd_source {
     )*};
 }
 
-with_cmd_source!(NetError, DiskError, GuestError, VmmError, ImageError);
+with_cmd_source!(
+    NetError,
+    DiskError,
+    GuestError,
+    VmmError,
+    ImageError,
+    WorkspaceError
+);

@@ -17,6 +17,7 @@ pub mod server;
 pub mod store;
 pub mod vm;
 pub mod vmm;
+pub mod workspace;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;

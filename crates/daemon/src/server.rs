@@ -14,6 +14,10 @@ use crate::guest::ssh;
 use crate::image::catalog;
 use crate::opstate::Sink;
 use crate::vm::VmService;
+use crate::workspace::ops::PrepareRequest;
+use crate::workspace::Mode;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 1 << 20;
@@ -123,6 +127,34 @@ pub async fn dispatch(svc: &Arc<VmService>, req: Request, sink: Sink) -> Result<
             Ok(json!({"path": svc.layout().vm_console_log(&name)}))
         }
         Request::VmPorts { name } => to_value(svc.ports(&name).await?),
+        Request::WorkspacePrepare {
+            name,
+            repo,
+            mode,
+            readonly,
+            include_ignored,
+        } => {
+            let mode = Mode::parse(&mode).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("unknown mode {mode:?}; use overlay or full_copy"),
+                )
+            })?;
+            let req = PrepareRequest {
+                vm: name,
+                repo: repo.into(),
+                mode,
+                readonly,
+                include_ignored,
+            };
+            to_value(svc.workspace_prepare(req, sink).await?)
+        }
+        Request::WorkspaceExport { name, base_commit } => {
+            let patch = svc
+                .workspace_export(&name, base_commit.as_deref(), sink)
+                .await?;
+            Ok(json!({"bytes": patch.len(), "patch_base64": BASE64.encode(&patch)}))
+        }
         Request::ImageBuild { name } => {
             banger_api::validate_image_name(&name)?;
             let op = svc.ops.begin("image_build", &[], sink)?;

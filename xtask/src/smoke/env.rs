@@ -175,6 +175,36 @@ impl Env {
         Ok(())
     }
 
+    /// Creates several VMs at once (boots overlap).
+    pub fn create_parallel(&mut self, vms: &[&str]) -> anyhow::Result<()> {
+        let children: Vec<(String, std::process::Child)> = vms
+            .iter()
+            .map(|vm| {
+                self.vms.push(vm.to_string());
+                let child = Command::new("ip")
+                    .args(["netns", "exec", &self.ns.name])
+                    .arg(&self.banger)
+                    .args(["vm", "create", "--name", vm, "--memory", "768"])
+                    .env("BANGER_SOCKET", &self.socket)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .with_context(|| format!("creating {vm}"))?;
+                Ok((vm.to_string(), child))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        for (vm, child) in children {
+            let out = child.wait_with_output()?;
+            ensure!(
+                out.status.success(),
+                "creating {vm}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// Links in the namespace (to check taps).
     pub fn links(&self) -> anyhow::Result<String> {
         self.ns.run(&["ip", "-o", "link", "show"])

@@ -14,6 +14,11 @@ pub const ALL: &[Scenario] = &[
     ("vm list and show", list_show),
     ("vm ssh and exec exit codes", ssh_exec),
     ("vm logs show the boot", logs),
+    ("workspace prepare (overlay) and plain export", ws_overlay),
+    (
+        "workspace export --base-commit includes guest commits",
+        ws_base_commit,
+    ),
     ("vm stop/start keeps guest data", stop_start),
     ("vm restart gives a fresh boot_id", restart),
     ("vm kill --signal KILL ends stopped and clean", kill),
@@ -24,6 +29,11 @@ pub const ALL: &[Scenario] = &[
         nat,
     ),
     ("ssh-config --install/--uninstall", ssh_config),
+    (
+        "workspace prepare --readonly drops every write bit",
+        ws_readonly,
+    ),
+    ("workspace prepare --mode full_copy", ws_full_copy),
     ("vm prune -f keeps running VMs", prune),
     ("vm delete leaves nothing behind", delete),
 ];
@@ -247,6 +257,7 @@ fn logs(env: &mut Env) -> anyhow::Result<Outcome> {
 fn stop_start(env: &mut Env) -> anyhow::Result<Outcome> {
     require_a!(env);
     env.sh(A, "echo persisted > /root/marker && sync")?;
+    let ws_before = env.sh(A, "cat /root/repo/README 2>/dev/null || true")?;
     let tap = env.vm_json(A)?["tap"]
         .as_str()
         .unwrap_or_default()
@@ -262,6 +273,11 @@ fn stop_start(env: &mut Env) -> anyhow::Result<Outcome> {
     env.ok(&["vm", "start", A])?;
     let got = env.sh(A, "cat /root/marker")?;
     ensure!(got.trim() == "persisted", "file after restart: {got:?}");
+    let ws_after = env.sh(A, "cat /root/repo/README 2>/dev/null || true")?;
+    ensure!(
+        ws_before == ws_after,
+        "the workspace changed across stop/start: {ws_before:?} -> {ws_after:?}"
+    );
     Ok(Outcome::Pass)
 }
 
@@ -378,9 +394,24 @@ fn ssh_config(env: &mut Env) -> anyhow::Result<Outcome> {
 
 fn prune(env: &mut Env) -> anyhow::Result<Outcome> {
     require_a!(env);
-    let b = "smoke-b";
-    env.create(b, &[])?;
-    env.ok(&["vm", "stop", b])?;
+    // The workspace scenarios' VMs are the victims; one is made if they
+    // did not run.
+    let mut victims: Vec<String> = [RO, FC]
+        .iter()
+        .filter(|v| env.vm_state(v).is_ok())
+        .map(|v| v.to_string())
+        .collect();
+    if victims.is_empty() {
+        env.create(RO, &[])?;
+        victims.push(RO.to_string());
+    }
+    for v in &victims {
+        if env.vm_state(v)? == "running" {
+            env.ok(&["vm", "stop", v])?;
+        }
+    }
+    let first = victims[0].clone();
+    let b = first.as_str();
     let out = env.banger(&["vm", "prune"]);
     ensure!(
         !out.status.success(),
@@ -391,7 +422,12 @@ fn prune(env: &mut Env) -> anyhow::Result<Outcome> {
         "prune without -f deleted something"
     );
     let deleted = env.ok(&["vm", "prune", "-f"])?;
-    ensure!(deleted.lines().any(|l| l == b), "prune output: {deleted}");
+    for v in &victims {
+        ensure!(
+            deleted.lines().any(|l| l == v),
+            "prune output lacks {v}: {deleted}"
+        );
+    }
     ensure!(
         env.vm_state(A)? == "running",
         "prune touched the running VM"
@@ -574,5 +610,304 @@ fn nat(env: &mut Env) -> anyhow::Result<Outcome> {
         rules(env, "filter", "FORWARD", &tag)?.is_empty(),
         "FORWARD rules left after delete"
     );
+    Ok(Outcome::Pass)
+}
+
+const RO: &str = "smoke-ro";
+const FC: &str = "smoke-fc";
+
+/// A host repo with history, an uncommitted edit and an untracked file.
+fn host_repo(env: &Env) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let repo = env.dir.join("host-repo");
+    if !repo.exists() {
+        std::fs::create_dir_all(repo.join("src"))?;
+        let git = |args: &[&str]| -> anyhow::Result<String> {
+            let mut full = vec![
+                "git",
+                "-C",
+                repo.to_str().unwrap_or("."),
+                "-c",
+                "user.name=smoke",
+                "-c",
+                "user.email=smoke@banger",
+            ];
+            full.extend_from_slice(args);
+            crate::sh::quiet(&full)
+        };
+        git(&["init", "-q", "-b", "main"])?;
+        std::fs::write(repo.join("README"), "hello from the host\n")?;
+        std::fs::write(repo.join("src/main.c"), "int main(void) { return 0; }\n")?;
+        std::fs::write(repo.join(".gitignore"), "*.o\n")?;
+        git(&["add", "-A"])?;
+        git(&["commit", "-q", "-m", "first"])?;
+        std::fs::write(repo.join("src/main.c"), "int main(void) { return 1; }\n")?;
+        git(&["commit", "-q", "-am", "second"])?;
+        std::fs::write(repo.join("README"), "hello from the host, uncommitted\n")?;
+        std::fs::write(repo.join("notes.txt"), "untracked\n")?;
+        std::fs::write(repo.join("main.o"), "ignored\n")?;
+    }
+    let head = crate::sh::quiet(&[
+        "git",
+        "-C",
+        repo.to_str().unwrap_or("."),
+        "rev-parse",
+        "HEAD",
+    ])?;
+    Ok((repo, head.trim().to_string()))
+}
+
+/// Fingerprint of the host repo that prepare must not change.
+fn repo_fingerprint(
+    repo: &std::path::Path,
+) -> anyhow::Result<(Vec<u8>, std::time::SystemTime, String)> {
+    let index = repo.join(".git/index");
+    Ok((
+        std::fs::read(&index)?,
+        std::fs::metadata(repo.join("README"))?.modified()?,
+        crate::sh::quiet(&[
+            "git",
+            "-C",
+            repo.to_str().unwrap_or("."),
+            "rev-parse",
+            "HEAD",
+        ])?,
+    ))
+}
+
+fn ws_overlay(env: &mut Env) -> anyhow::Result<Outcome> {
+    require_a!(env);
+    let (repo, head) = host_repo(env)?;
+    let repo_s = repo.to_string_lossy().into_owned();
+    env.fails(&["workspace", "export", A], "no workspace")?;
+    env.fails(
+        &[
+            "workspace",
+            "prepare",
+            A,
+            "--repo",
+            &env.dir.to_string_lossy(),
+        ],
+        "not a git repository",
+    )?;
+    let before = repo_fingerprint(&repo)?;
+    env.ok(&["workspace", "prepare", A, "--repo", &repo_s])?;
+    ensure!(
+        repo_fingerprint(&repo)? == before,
+        "prepare modified the host repo"
+    );
+    let guest_head = env.sh(A, "git -C /root/repo rev-parse HEAD")?;
+    ensure!(
+        guest_head.trim() == head,
+        "guest HEAD {guest_head:?} != host {head}"
+    );
+    let log = env.sh(A, "git -C /root/repo log --format=%s")?;
+    ensure!(
+        log.lines().collect::<Vec<_>>() == ["second", "first"],
+        "history: {log:?}"
+    );
+    let readme = env.sh(A, "cat /root/repo/README")?;
+    ensure!(
+        readme.contains("uncommitted"),
+        "uncommitted edit missing: {readme:?}"
+    );
+    env.sh(
+        A,
+        "test -f /root/repo/notes.txt && test ! -e /root/repo/main.o",
+    )?;
+    let fstype = env.sh(A, "findmnt -n -o FSTYPE /root/repo")?;
+    ensure!(
+        fstype.trim() == "overlay",
+        "/root/repo is {fstype:?}, not an overlay"
+    );
+    let ws = env.vm_json(A)?["workspace"].clone();
+    ensure!(
+        ws["mode"] == "overlay" && ws["head"] == head.as_str(),
+        "vm show workspace: {ws}"
+    );
+    env.fails(
+        &["workspace", "prepare", A, "--repo", &repo_s],
+        "already has a workspace",
+    )?;
+
+    env.fails(
+        &["workspace", "export", A, "--base-commit", "nothex"],
+        "not a commit id",
+    )?;
+    let empty = env.ok(&["workspace", "export", A])?;
+    ensure!(
+        empty.trim().is_empty() || empty.contains("README"),
+        "unexpected patch: {empty}"
+    );
+    env.sh(
+        A,
+        "cd /root/repo && echo 'guest line' >> src/main.c && echo new > added.txt",
+    )?;
+    let patch = env.ok(&["workspace", "export", A])?;
+    ensure!(
+        patch.contains("+guest line") && patch.contains("added.txt"),
+        "patch lacks the guest's edits:\n{patch}"
+    );
+    let index_after = env.sh(A, "git -C /root/repo status --porcelain")?;
+    ensure!(
+        index_after.contains("?? added.txt"),
+        "export staged files in the guest: {index_after}"
+    );
+    // The patch applies on the host at HEAD (plus the host's uncommitted
+    // state the guest started from).
+    let file = env.dir.join("plain.patch");
+    env.ok(&["workspace", "export", A, "-o", &file.to_string_lossy()])?;
+    crate::sh::quiet(&[
+        "git",
+        "-C",
+        &repo_s,
+        "apply",
+        "--check",
+        &file.to_string_lossy(),
+    ])?;
+    Ok(Outcome::Pass)
+}
+
+fn ws_base_commit(env: &mut Env) -> anyhow::Result<Outcome> {
+    require_a!(env);
+    let Ok(ws) = env.vm_json(A).map(|v| v["workspace"].clone()) else {
+        return Ok(Outcome::Skip("no VM".into()));
+    };
+    if ws.is_null() {
+        return Ok(Outcome::Skip(format!(
+            "{A} has no workspace (the overlay scenario failed)"
+        )));
+    }
+    let (repo, head) = host_repo(env)?;
+    env.sh(A, "cd /root/repo && echo committed > guest-commit.txt && git add guest-commit.txt && git -c user.name=g -c user.email=g@g commit -q -m 'guest commit'")?;
+    let plain = env.ok(&["workspace", "export", A])?;
+    ensure!(
+        !plain.contains("guest-commit.txt"),
+        "plain export contains the guest commit"
+    );
+    env.fails(
+        &[
+            "workspace",
+            "export",
+            A,
+            "--base-commit",
+            "0123456789abcdef0123456789abcdef01234567",
+        ],
+        "not in the guest",
+    )?;
+    let full = env.dir.join("base.patch");
+    env.ok(&[
+        "workspace",
+        "export",
+        A,
+        "--base-commit",
+        &head,
+        "-o",
+        &full.to_string_lossy(),
+    ])?;
+    ensure!(
+        std::fs::read_to_string(&full)?.contains("guest-commit.txt"),
+        "base export lacks the guest commit"
+    );
+    // Round trip: the host at the base plus the patch is the guest's tree.
+    let clone = env.dir.join("roundtrip");
+    let _ = std::fs::remove_dir_all(&clone);
+    crate::sh::quiet(&[
+        "git",
+        "clone",
+        "-q",
+        &repo.to_string_lossy(),
+        &clone.to_string_lossy(),
+    ])?;
+    let c = clone.to_string_lossy().into_owned();
+    crate::sh::quiet(&["git", "-C", &c, "checkout", "-q", &head])?;
+    crate::sh::quiet(&["git", "-C", &c, "apply", &full.to_string_lossy()])?;
+    let tree = |script: &str| script.to_string();
+    let host_tree = crate::sh::quiet(&["sh", "-c", &tree(&format!(
+        "cd '{c}' && export GIT_INDEX_FILE=$(mktemp -u) && git add -A . && git write-tree && rm -f $GIT_INDEX_FILE"
+    ))])?;
+    let guest_tree = env.sh(A, "cd /root/repo && export GIT_INDEX_FILE=$(mktemp -u) && git add -A . && git write-tree && rm -f $GIT_INDEX_FILE")?;
+    ensure!(
+        host_tree.trim() == guest_tree.trim(),
+        "trees differ: host {host_tree} guest {guest_tree}"
+    );
+    Ok(Outcome::Pass)
+}
+
+/// The two extra VMs of the workspace-mode scenarios, booted together.
+fn extra_vms(env: &mut Env) -> anyhow::Result<()> {
+    let missing: Vec<&str> = [RO, FC]
+        .into_iter()
+        .filter(|v| env.vm_state(v).is_err())
+        .collect();
+    if !missing.is_empty() {
+        env.create_parallel(&missing)?;
+    }
+    Ok(())
+}
+
+fn ws_readonly(env: &mut Env) -> anyhow::Result<Outcome> {
+    let (repo, _) = host_repo(env)?;
+    extra_vms(env)?;
+    env.ok(&[
+        "workspace",
+        "prepare",
+        RO,
+        "--repo",
+        &repo.to_string_lossy(),
+        "--readonly",
+    ])?;
+    let writable = env.sh(
+        RO,
+        "find /root/repo -mindepth 1 ! -type l -perm /222 | head -5",
+    )?;
+    ensure!(
+        writable.trim().is_empty(),
+        "entries with write bits:\n{writable}"
+    );
+    let mode = env.sh(RO, "stat -c %a /root/repo/README /root/repo/src")?;
+    ensure!(
+        mode.split_whitespace().collect::<Vec<_>>() == ["444", "555"],
+        "modes: {mode:?}"
+    );
+    ensure!(
+        env.vm_json(RO)?["workspace"]["readonly"] == true,
+        "vm show does not record readonly"
+    );
+    Ok(Outcome::Pass)
+}
+
+fn ws_full_copy(env: &mut Env) -> anyhow::Result<Outcome> {
+    let (repo, head) = host_repo(env)?;
+    extra_vms(env)?;
+    env.ok(&[
+        "workspace",
+        "prepare",
+        FC,
+        "--repo",
+        &repo.to_string_lossy(),
+        "--mode",
+        "full_copy",
+    ])?;
+    let got = env.sh(
+        FC,
+        "cat /root/repo/README; git -C /root/repo rev-parse HEAD",
+    )?;
+    ensure!(
+        got.contains("uncommitted") && got.contains(&head),
+        "repo contents: {got:?}"
+    );
+    let mounted = env.banger(&["vm", "exec", FC, "--", "findmnt", "/root/repo"]);
+    ensure!(
+        !mounted.status.success(),
+        "full_copy must not mount anything at /root/repo"
+    );
+    let fs = env.sh(FC, "findmnt -n -o TARGET --target /root/repo")?;
+    ensure!(
+        fs.trim() == "/",
+        "/root/repo is not on the root filesystem: {fs:?}"
+    );
+    env.sh(FC, "echo edit >> /root/repo/README")?;
+    let patch = env.ok(&["workspace", "export", FC])?;
+    ensure!(patch.contains("+edit"), "full_copy export: {patch}");
     Ok(Outcome::Pass)
 }

@@ -144,6 +144,11 @@ impl VmService {
         }
     }
 
+    /// The backend that drives an existing VM.
+    pub fn backend_of(&self, vm: &VmInfo) -> R<Box<dyn Vmm>> {
+        self.backend(vm, &self.layout().image(&vm.image).kernel())
+    }
+
     fn use_kvm(&self, kernel: &std::path::Path) -> bool {
         *self.kvm.get_or_init(|| match self.cfg.accel {
             AccelChoice::Tcg => false,
@@ -364,13 +369,18 @@ impl VmService {
                     path: l.vm_disk(&vm.name),
                     format: self.disk.format().into(),
                     readonly: false,
+                    serial: "banger-root".into(),
                 },
                 Drive {
                     path: l.vm_config_drive(&vm.name),
                     format: "raw".into(),
                     readonly: true,
+                    serial: "banger-config".into(),
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(self.workspace_drive(vm))
+            .collect(),
             tap: vm.tap.clone(),
             mac: vm.mac.clone(),
             cpus: vm.cpus,
@@ -396,6 +406,10 @@ impl VmService {
             process::is_vm_process(pid, &name)
         })
         .await?;
+        if vm.workspace.is_some() {
+            op.phase("workspace", "mounting the workspace", pct + 25);
+            self.remount_workspace(vm).await?;
+        }
         op.phase(
             "ready",
             &format!("{} answers SSH ({:.1}s)", vm.name, took.as_secs_f64()),

@@ -31,6 +31,8 @@ pub struct Drive {
     /// `qcow2` or `raw`.
     pub format: String,
     pub readonly: bool,
+    /// What the guest sees in /sys/block/vdX/serial (how it finds a drive).
+    pub serial: String,
 }
 
 /// Everything a backend needs to boot one VM.
@@ -63,6 +65,17 @@ pub trait Vmm: Send + Sync {
     fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError>;
     /// Asks the guest to shut down (Ctrl-Alt-Del); does not wait.
     fn request_shutdown(&self, control_socket: &std::path::Path) -> Result<(), VmmError>;
+    /// Attaches `drive` to the running VM under `id`. QEMU hot-plugs it;
+    /// Firecracker, which cannot hot-plug, swaps the backing file of a
+    /// drive slot attached at boot (PATCH /drives/{id}).
+    fn attach_drive(
+        &self,
+        control_socket: &std::path::Path,
+        id: &str,
+        drive: &Drive,
+    ) -> Result<(), VmmError>;
+    /// Detaches drive `id`; gone is success.
+    fn detach_drive(&self, control_socket: &std::path::Path, id: &str) -> Result<(), VmmError>;
 }
 
 /// The argument the VMM command line carries to tag a VM's process.

@@ -54,8 +54,10 @@ impl Qemu {
             a.push("-drive".into());
             a.push(drive);
             a.push("-device".into());
-            a.push(format!("virtio-blk-pci,drive=drive{i},serial=banger{i}").into());
+            a.push(format!("virtio-blk-pci,drive=drive{i},serial={}", d.serial).into());
         }
+        // A PCIe slot for drives attached later (workspaces).
+        push_dev(&mut a, "pcie-root-port,id=hotplug0,bus=pcie.0,chassis=1");
         a.push("-netdev".into());
         a.push(format!("tap,id=net0,ifname={},script=no,downscript=no", spec.tap).into());
         a.push("-device".into());
@@ -76,6 +78,11 @@ impl Qemu {
         a.push("-daemonize".into());
         a
     }
+}
+
+fn push_dev(a: &mut Vec<OsString>, spec: &str) {
+    a.push("-device".into());
+    a.push(spec.into());
 }
 
 /// QEMU option values separate on commas; a literal comma is doubled.
@@ -111,6 +118,62 @@ impl Vmm for Qemu {
         qmp::execute(control_socket, "send-key", keys)?;
         Ok(())
     }
+
+    fn attach_drive(
+        &self,
+        control_socket: &Path,
+        id: &str,
+        drive: &super::Drive,
+    ) -> Result<(), VmmError> {
+        let node = format!("node-{id}");
+        qmp::execute(
+            control_socket,
+            "blockdev-add",
+            json!({
+                "node-name": node,
+                "driver": drive.format,
+                "read-only": drive.readonly,
+                "file": {"driver": "file", "filename": drive.path, "read-only": drive.readonly},
+            }),
+        )?;
+        let added = qmp::execute(
+            control_socket,
+            "device_add",
+            json!({
+                "driver": "virtio-blk-pci",
+                "id": format!("dev-{id}"),
+                "drive": node,
+                "serial": drive.serial,
+                "bus": "hotplug0",
+            }),
+        );
+        if let Err(e) = added {
+            let _ = qmp::execute(control_socket, "blockdev-del", json!({"node-name": node}));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn detach_drive(&self, control_socket: &Path, id: &str) -> Result<(), VmmError> {
+        let _ = qmp::execute(
+            control_socket,
+            "device_del",
+            json!({"id": format!("dev-{id}")}),
+        );
+        // The guest releases the device asynchronously; the node can go once
+        // it has.
+        let node = json!({"node-name": format!("node-{id}")});
+        let mut last = None;
+        for _ in 0..100 {
+            match qmp::execute(control_socket, "blockdev-del", node.clone()) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.to_string().contains("not found") => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(last.unwrap_or_else(|| VmmError::Control("drive did not detach".into())))
+    }
 }
 
 /// How long a graceful stop may take before the VMM is killed.
@@ -133,11 +196,13 @@ mod tests {
                     path: "/s/a,b.qcow2".into(),
                     format: "qcow2".into(),
                     readonly: false,
+                    serial: "banger-root".into(),
                 },
                 Drive {
                     path: "/s/config.img".into(),
                     format: "raw".into(),
                     readonly: true,
+                    serial: "banger-config".into(),
                 },
             ],
             tap: "banger-tap1".into(),
@@ -157,6 +222,8 @@ mod tests {
         assert!(line.contains("-accel tcg"));
         assert!(line.contains("file=/s/a,,b.qcow2,if=none,id=drive0,format=qcow2,readonly=off"));
         assert!(line.contains("id=drive1,format=raw,readonly=on"));
+        assert!(line.contains("drive=drive1,serial=banger-config"));
+        assert!(line.contains("pcie-root-port,id=hotplug0"));
         assert!(line.contains("ifname=banger-tap1"));
         assert!(line.contains("mac=02:62:67:00:00:01"));
         assert!(args.iter().any(|a| a.ends_with(" banger-vm=dev")));

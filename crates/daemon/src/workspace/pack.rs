@@ -1,0 +1,171 @@
+//! Host side: validate the repo, and pack `.git` plus the working tree as it
+//! stands (tracked and untracked files, uncommitted edits; ignored files
+//! only on request) into a tar, and for overlay mode into an ext4 image.
+//! The host repo is only read: no git command here writes its index.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::WorkspaceError;
+use crate::cmd;
+
+/// A repo checked to be a git work tree.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    /// The work tree's top level.
+    pub root: PathBuf,
+    /// `HEAD`'s commit, or `None` in a repo without commits.
+    pub head: Option<String>,
+}
+
+fn git(repo: &Path, args: &[&str]) -> Result<String, cmd::CmdError> {
+    let mut full = vec!["-C".to_string(), repo.display().to_string()];
+    full.extend(args.iter().map(|s| s.to_string()));
+    cmd::run("git", &full)
+}
+
+/// Checks `path` is inside a git work tree and finds its top level.
+pub fn open(path: &Path) -> Result<Repo, WorkspaceError> {
+    if !path.is_dir() {
+        return Err(WorkspaceError::Invalid(format!(
+            "{} is not a directory; pass --repo with the path of a git repository",
+            path.display()
+        )));
+    }
+    let top = git(path, &["rev-parse", "--show-toplevel"]).map_err(|_| {
+        WorkspaceError::Invalid(format!(
+            "{} is not a git repository; run `git init` there or pass another --repo",
+            path.display()
+        ))
+    })?;
+    let root = PathBuf::from(top.trim());
+    let head = git(&root, &["rev-parse", "--verify", "--quiet", "HEAD"])
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    Ok(Repo { root, head })
+}
+
+/// Paths to pack, relative to the root, NUL-separated for tar `-T`: `.git`
+/// and every tracked or untracked file that exists (ignored ones too with
+/// `include_ignored`).
+pub fn file_list(repo: &Repo, include_ignored: bool) -> Result<Vec<u8>, WorkspaceError> {
+    let mut args = vec!["ls-files", "-z", "--cached", "--others"];
+    if !include_ignored {
+        args.push("--exclude-standard");
+    }
+    let out = cmd::output(
+        "git",
+        &[&["-C", &repo.root.display().to_string()][..], &args[..]].concat(),
+    )?;
+    let mut list = b".git\0".to_vec();
+    let mut seen = std::collections::HashSet::new();
+    for name in out.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let rel = Path::new(std::ffi::OsStr::from_bytes(name));
+        // Tracked files deleted in the work tree are left out; so are
+        // submodule entries listed twice.
+        if repo.root.join(rel).symlink_metadata().is_ok() && seen.insert(name.to_vec()) {
+            list.extend_from_slice(name);
+            list.push(0);
+        }
+    }
+    Ok(list)
+}
+
+/// Writes a tar of the listed paths at `dest`, owned by root; with
+/// `readonly`, every write bit is dropped.
+pub fn tar(repo: &Repo, list: &[u8], readonly: bool, dest: &Path) -> Result<(), WorkspaceError> {
+    let list_path = dest.with_extension("list");
+    std::fs::File::create(&list_path)
+        .and_then(|mut f| f.write_all(list))
+        .map_err(|e| WorkspaceError::io(&list_path, e))?;
+    let mut args: Vec<String> = vec![
+        "--create".into(),
+        "--file".into(),
+        dest.display().to_string(),
+        "--directory".into(),
+        repo.root.display().to_string(),
+        "--owner=root".into(),
+        "--group=root".into(),
+        "--numeric-owner".into(),
+    ];
+    if readonly {
+        args.push("--mode=a-w".into());
+    }
+    args.extend([
+        "--null".into(),
+        "--files-from".into(),
+        list_path.display().to_string(),
+    ]);
+    let result = cmd::run("tar", &args);
+    let _ = std::fs::remove_file(&list_path);
+    result?;
+    Ok(())
+}
+
+/// Builds a read-only ext4 image from a tar (extracted into a staging
+/// directory beside `dest`, then `mkfs.ext4 -d`), with an inode for every
+/// entry and room for metadata.
+pub fn ext4_from_tar(tar_path: &Path, entries: usize, dest: &Path) -> Result<(), WorkspaceError> {
+    let staging = dest.with_extension("staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| WorkspaceError::io(&staging, e))?;
+    let result = (|| {
+        cmd::run(
+            "tar",
+            &[
+                "--extract".as_ref(),
+                "--same-permissions".as_ref(),
+                "--file".as_ref(),
+                tar_path.as_os_str(),
+                "--directory".as_ref(),
+                staging.as_os_str(),
+            ] as &[&std::ffi::OsStr],
+        )?;
+        let (bytes, files) = tree_usage(&staging);
+        let files = files.max(entries) as u64;
+        // Each file takes at least one 4 KiB block and one inode.
+        let size_mib = (bytes + files * 4096) / (1 << 20) * 5 / 4 + 32;
+        let inodes = (files + 1024).to_string();
+        let _ = std::fs::remove_file(dest);
+        cmd::run(
+            "mkfs.ext4",
+            &[
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-L".as_ref(),
+                "banger-ws".as_ref(),
+                "-N".as_ref(),
+                inodes.as_ref(),
+                "-d".as_ref(),
+                staging.as_os_str(),
+                dest.as_os_str(),
+                format!("{size_mib}M").as_ref(),
+            ] as &[&std::ffi::OsStr],
+        )?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// Bytes and entries under `dir` (not following symlinks).
+fn tree_usage(dir: &Path) -> (u64, usize) {
+    let (mut bytes, mut count) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            count += 1;
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => bytes += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    (bytes, count)
+}

@@ -1,0 +1,119 @@
+//! Shell scripts run in the guest over SSH (fed on stdin to `sh -s`). Each
+//! is idempotent where it can be, and exits non-zero with a message on
+//! stderr when it cannot do its job.
+
+/// Finds the workspace drive by its serial (hot-plugged drives take a few
+/// seconds to appear under emulation).
+const FIND_DRIVE: &str = r#"
+find_drive() {
+    i=0
+    while [ $i -lt 600 ]; do
+        for d in /sys/block/vd*; do
+            if [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ]; then
+                echo "/dev/${d##*/}"
+                return 0
+            fi
+        done
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "banger: no drive with serial $1 appeared" >&2
+    return 1
+}
+"#;
+
+/// Fails when /root/repo exists already (a second prepare is refused).
+pub const CHECK_FREE: &str = r#"
+if [ -e /root/repo ]; then
+    echo "banger: /root/repo already exists in the guest" >&2
+    exit 4
+fi
+"#;
+
+/// Mounts the overlay: lower = the workspace image, upper and work on the
+/// guest's own disk. Idempotent (run again after every boot).
+pub fn mount_overlay(serial: &str) -> String {
+    format!(
+        r#"set -eu
+{FIND_DRIVE}
+dev=$(find_drive {serial})
+base=/var/lib/banger/workspace
+modprobe overlay 2>/dev/null || true
+mkdir -p "$base/lower" "$base/upper" "$base/work" /root/repo
+mountpoint -q "$base/lower" || mount -t ext4 -o ro,noload "$dev" "$base/lower"
+mountpoint -q /root/repo || mount -t overlay overlay -o "lowerdir=$base/lower,upperdir=$base/upper,workdir=$base/work" /root/repo
+"#
+    )
+}
+
+/// Extracts the tar on the drive with `serial` into /root/repo.
+pub fn extract_full_copy(serial: &str, readonly: bool) -> String {
+    let chmod = if readonly {
+        "chmod a-w /root/repo"
+    } else {
+        ":"
+    };
+    format!(
+        r#"set -eu
+{FIND_DRIVE}
+dev=$(find_drive {serial})
+mkdir -p /root/repo.partial
+tar --extract --same-permissions --same-owner --file "$dev" --directory /root/repo.partial
+mv /root/repo.partial /root/repo
+{chmod}
+sync
+"#
+    )
+}
+
+/// Writes the patch on stdout. `$1` is the base commit or empty (plain
+/// export: against HEAD). Uses a copy of the index, so the guest's index,
+/// HEAD and files stay as they are. Exit 3: unknown base commit.
+pub const EXPORT: &str = r#"set -eu
+cd "${BANGER_REPO:-/root/repo}"
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
+if [ -f .git/index ]; then cp .git/index "$tmp"; else rm -f "$tmp"; fi
+export GIT_INDEX_FILE="$tmp"
+# The index came from another machine: compare files by size and mtime
+# only, or git would re-read every file to trust it.
+git="git -c core.checkStat=minimal -c core.trustctime=false -c core.quotepath=true"
+base="${1:-}"
+if [ -n "$base" ]; then
+    if ! $git cat-file -e "$base^{commit}" 2>/dev/null; then
+        echo "banger: commit $base is not in the guest's repository" >&2
+        exit 3
+    fi
+elif $git rev-parse --verify -q HEAD >/dev/null; then
+    base=HEAD
+else
+    base=$($git hash-object -t tree /dev/null)
+fi
+$git add --all .
+$git diff --cached --binary --full-index -M "$base"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_are_valid_sh() {
+        for script in [
+            mount_overlay("banger-ws"),
+            extract_full_copy("banger-ws", true),
+            EXPORT.to_string(),
+            CHECK_FREE.to_string(),
+        ] {
+            let out = std::process::Command::new("sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
