@@ -1,6 +1,8 @@
 //! `cargo xtask`: setup, demo, test, smoke. The README's two commands are
 //! `cargo xtask demo` and `cargo xtask test`.
 
+mod bench;
+mod coverage;
 mod demo;
 mod netns;
 mod setup;
@@ -14,9 +16,13 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   setup                 install what the host lacks (apt packages)
   demo                  set up, build, boot a VM in a fresh namespace, use it, clean up
-  test                  setup, fmt, clippy, unit + privileged tests, then the smoke suite
-  smoke [--filter S] [--keep-image DIR]
-                        the end-to-end scenarios against real VMs";
+  test                  setup, fmt, clippy, unit + privileged tests, then the smoke
+                        suite with coverage
+  bench [--files N] [--keep-image DIR]
+                        workspace prepare/export vs tar | ssh, side by side
+  smoke [--filter S] [--keep-image DIR] [--coverage [--baseline FILE]]
+                        the end-to-end scenarios against real VMs; --coverage
+                        reports line coverage per module from the run";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,6 +31,7 @@ fn main() {
         Some("demo") => demo::run(),
         Some("test") => test(&args[1..]),
         Some("smoke") => smoke::main(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             Ok(2)
@@ -60,7 +67,11 @@ fn test(args: &[String]) -> anyhow::Result<i32> {
         "unit and privileged integration tests",
         &["cargo", "test", "--workspace", "--", "--test-threads=2"],
     )?;
-    let summary = smoke::run(args)?;
+    // The smoke suite runs instrumented: its coverage table is part of the
+    // report (target/smoke-coverage.json).
+    let mut smoke_args = vec!["--coverage".to_string()];
+    smoke_args.extend(args.iter().cloned());
+    let summary = smoke::run(&smoke_args)?;
     println!("test: total {:.0}s", started.elapsed().as_secs_f64());
     println!("{summary}");
     if summary.failed != 0 {

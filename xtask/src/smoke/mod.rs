@@ -23,19 +23,25 @@ pub type Scenario = (&'static str, fn(&mut Env) -> anyhow::Result<Outcome>);
 struct Options {
     filter: Option<String>,
     image_dir: Option<PathBuf>,
+    coverage: bool,
+    baseline: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut o = Options {
         filter: None,
         image_dir: None,
+        coverage: false,
+        baseline: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--filter" => o.filter = it.next().cloned(),
             "--keep-image" => o.image_dir = it.next().map(PathBuf::from),
-            other => bail!("unknown smoke option {other:?}; use --filter S or --keep-image DIR"),
+            "--coverage" => o.coverage = true,
+            "--baseline" => o.baseline = it.next().map(PathBuf::from),
+            other => bail!("unknown smoke option {other:?}; use --filter S, --keep-image DIR, --coverage, --baseline FILE"),
         }
     }
     Ok(o)
@@ -77,7 +83,18 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
             skipped: scenarios::ALL.len(),
         });
     }
-    let banger = crate::sh::build_banger()?;
+    if opts.baseline.is_some() && !opts.coverage {
+        bail!("--baseline goes with --coverage");
+    }
+    let coverage = if opts.coverage {
+        Some(crate::coverage::prepare()?)
+    } else {
+        None
+    };
+    let banger = match &coverage {
+        Some(c) => c.binary.clone(),
+        None => crate::sh::build_banger()?,
+    };
     let mut env = Env::start(&banger, opts.image_dir.as_deref())?;
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     let started = Instant::now();
@@ -108,7 +125,14 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
         }
     }
     env.teardown();
+    drop(env);
     println!("smoke suite: {:.0}s", started.elapsed().as_secs_f64());
+    if let Some(c) = &coverage {
+        let out = crate::sh::root().join("target").join("smoke-coverage.json");
+        let table = crate::coverage::report(c, &out)?;
+        crate::coverage::print(&table, opts.baseline.as_deref())?;
+        println!("coverage written to {}", out.display());
+    }
     Ok(Summary {
         passed,
         failed,

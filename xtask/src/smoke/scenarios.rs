@@ -733,10 +733,14 @@ fn ws_overlay(env: &mut Env) -> anyhow::Result<Outcome> {
         &["workspace", "export", A, "--base-commit", "nothex"],
         "not a commit id",
     )?;
-    let empty = env.ok(&["workspace", "export", A])?;
+    // The guest starts from the host's work tree: a first export is
+    // exactly the host's uncommitted state, ignored files left out.
+    let first = env.ok(&["workspace", "export", A])?;
     ensure!(
-        empty.trim().is_empty() || empty.contains("README"),
-        "unexpected patch: {empty}"
+        first.contains("+hello from the host, uncommitted")
+            && first.contains("notes.txt")
+            && !first.contains("main.o"),
+        "first export is not the host's uncommitted state:\n{first}"
     );
     env.sh(
         A,
@@ -752,18 +756,24 @@ fn ws_overlay(env: &mut Env) -> anyhow::Result<Outcome> {
         index_after.contains("?? added.txt"),
         "export staged files in the guest: {index_after}"
     );
-    // The patch applies on the host at HEAD (plus the host's uncommitted
-    // state the guest started from).
+    // The patch applies to a clean checkout of the host's HEAD.
     let file = env.dir.join("plain.patch");
     env.ok(&["workspace", "export", A, "-o", &file.to_string_lossy()])?;
+    let clean = env.dir.join("clean-checkout");
+    let _ = std::fs::remove_dir_all(&clean);
+    crate::sh::quiet(&["git", "clone", "-q", &repo_s, &clean.to_string_lossy()])?;
     crate::sh::quiet(&[
         "git",
         "-C",
-        &repo_s,
+        &clean.to_string_lossy(),
         "apply",
-        "--check",
         &file.to_string_lossy(),
     ])?;
+    let applied = std::fs::read_to_string(clean.join("src/main.c"))?;
+    ensure!(
+        applied.ends_with("guest line\n"),
+        "applied file: {applied:?}"
+    );
     Ok(Outcome::Pass)
 }
 

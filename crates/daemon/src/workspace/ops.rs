@@ -138,7 +138,7 @@ impl VmService {
             let entries = list.iter().filter(|b| **b == 0).count();
             pack::tar(&repo2, &list, readonly, &tar2)?;
             if mode == Mode::Overlay {
-                let built = pack::ext4_from_tar(&tar2, entries, &image2);
+                let built = pack::ext4_from_tar(&tar2, entries, readonly, &image2);
                 let _ = std::fs::remove_file(&tar2);
                 built?;
             }

@@ -104,13 +104,23 @@ pub fn tar(repo: &Repo, list: &[u8], readonly: bool, dest: &Path) -> Result<(), 
     Ok(())
 }
 
+/// The directory inside a workspace image that holds the repo (the image's
+/// root also holds mkfs's `lost+found`).
+pub const IMAGE_REPO_DIR: &str = "repo";
+
 /// Builds a read-only ext4 image from a tar (extracted into a staging
 /// directory beside `dest`, then `mkfs.ext4 -d`), with an inode for every
-/// entry and room for metadata.
-pub fn ext4_from_tar(tar_path: &Path, entries: usize, dest: &Path) -> Result<(), WorkspaceError> {
+/// entry and room for metadata. The repo is under [`IMAGE_REPO_DIR`].
+pub fn ext4_from_tar(
+    tar_path: &Path,
+    entries: usize,
+    readonly: bool,
+    dest: &Path,
+) -> Result<(), WorkspaceError> {
     let staging = dest.with_extension("staging");
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| WorkspaceError::io(&staging, e))?;
+    let repo_dir = staging.join(IMAGE_REPO_DIR);
+    std::fs::create_dir_all(&repo_dir).map_err(|e| WorkspaceError::io(&staging, e))?;
     let result = (|| {
         cmd::run(
             "tar",
@@ -120,9 +130,12 @@ pub fn ext4_from_tar(tar_path: &Path, entries: usize, dest: &Path) -> Result<(),
                 "--file".as_ref(),
                 tar_path.as_os_str(),
                 "--directory".as_ref(),
-                staging.as_os_str(),
+                repo_dir.as_os_str(),
             ] as &[&std::ffi::OsStr],
         )?;
+        if readonly {
+            drop_write_bits(&repo_dir)?;
+        }
         let (bytes, files) = tree_usage(&staging);
         let files = files.max(entries) as u64;
         // Each file takes at least one 4 KiB block and one inode.
@@ -148,6 +161,43 @@ pub fn ext4_from_tar(tar_path: &Path, entries: usize, dest: &Path) -> Result<(),
     })();
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+/// Removes every write bit under `dir` and from `dir` itself, directories
+/// included (tar creates parents it was not given with default modes).
+pub fn drop_write_bits(dir: &Path) -> Result<(), WorkspaceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut dirs = Vec::new();
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| WorkspaceError::io(&d, e))?;
+        for e in entries.flatten() {
+            let meta = e
+                .metadata()
+                .map_err(|err| WorkspaceError::io(&e.path(), err))?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                let mode = meta.permissions().mode() & !0o222;
+                std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode))
+                    .map_err(|err| WorkspaceError::io(&e.path(), err))?;
+            }
+        }
+        dirs.push(d);
+    }
+    for d in dirs.into_iter().rev() {
+        let mode = std::fs::metadata(&d)
+            .map_err(|e| WorkspaceError::io(&d, e))?
+            .permissions()
+            .mode()
+            & !0o222;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| WorkspaceError::io(&d, e))?;
+    }
+    Ok(())
 }
 
 /// Bytes and entries under `dir` (not following symlinks).

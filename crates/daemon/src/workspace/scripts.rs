@@ -41,7 +41,7 @@ base=/var/lib/banger/workspace
 modprobe overlay 2>/dev/null || true
 mkdir -p "$base/lower" "$base/upper" "$base/work" /root/repo
 mountpoint -q "$base/lower" || mount -t ext4 -o ro,noload "$dev" "$base/lower"
-mountpoint -q /root/repo || mount -t overlay overlay -o "lowerdir=$base/lower,upperdir=$base/upper,workdir=$base/work" /root/repo
+mountpoint -q /root/repo || mount -t overlay overlay -o "lowerdir=$base/lower/repo,upperdir=$base/upper,workdir=$base/work" /root/repo
 "#
     )
 }
@@ -49,7 +49,8 @@ mountpoint -q /root/repo || mount -t overlay overlay -o "lowerdir=$base/lower,up
 /// Extracts the tar on the drive with `serial` into /root/repo.
 pub fn extract_full_copy(serial: &str, readonly: bool) -> String {
     let chmod = if readonly {
-        "chmod a-w /root/repo"
+        // tar creates parent directories it was not given with default modes.
+        "chmod -R a-w /root/repo"
     } else {
         ":"
     };
