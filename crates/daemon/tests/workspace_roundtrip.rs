@@ -295,6 +295,17 @@ fn empty_export_unknown_base_and_readonly_bits() {
 }
 
 #[test]
+fn include_ignored_adds_ignored_files_only_on_request() {
+    let f = fixture(false);
+    let repo = pack::open(&f.host).unwrap();
+    let without = String::from_utf8(pack::file_list(&repo, false).unwrap()).unwrap();
+    let with = String::from_utf8(pack::file_list(&repo, true).unwrap()).unwrap();
+    assert!(!without.split('\0').any(|n| n == "build.log"));
+    assert!(with.split('\0').any(|n| n == "build.log"), "{with}");
+    assert!(with.starts_with(".git\0"));
+}
+
+#[test]
 fn not_a_repo_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let e = pack::open(dir.path()).unwrap_err();

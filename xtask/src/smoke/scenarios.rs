@@ -421,6 +421,9 @@ fn prune(env: &mut Env) -> anyhow::Result<Outcome> {
         env.vm_state(b)? == "stopped",
         "prune without -f deleted something"
     );
+    if env.vm_json(b)?["workspace"].is_object() {
+        env.fails(&["workspace", "export", b], "stopped")?;
+    }
     let deleted = env.ok(&["vm", "prune", "-f"])?;
     for v in &victims {
         ensure!(
@@ -500,6 +503,10 @@ fn dns(env: &mut Env) -> anyhow::Result<Outcome> {
         .ns
         .run(&["dig", "+short", "+time=3", "@172.30.0.1", &name])?;
     ensure!(dig.trim() == ip, "dig: {dig:?}");
+    let tcp = env
+        .ns
+        .run(&["dig", "+tcp", "+short", "+time=3", "@172.30.0.1", &name])?;
+    ensure!(tcp.trim() == ip, "dig over TCP: {tcp:?}");
     let nx = env
         .ns
         .run(&["dig", "+time=3", "@172.30.0.1", "no-such-vm.vm"])?;
