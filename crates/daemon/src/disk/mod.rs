@@ -4,26 +4,15 @@
 pub mod qcow2;
 pub mod sparse;
 
+use crate::pathio::FromPathIo;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error(transparent)]
     Cmd(#[from] crate::cmd::CmdError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-impl DiskError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        DiskError::Io {
-            path: path.display().to_string(),
-            source,
-        }
-    }
+    #[error(transparent)]
+    Io(#[from] crate::pathio::PathIoError),
 }
 
 /// A way to make a VM's writable root disk over a read-only base.

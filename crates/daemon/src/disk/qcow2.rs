@@ -1,5 +1,6 @@
 //! qcow2 overlays with the image as backing file (QEMU): constant time.
 
+use crate::pathio::FromPathIo;
 use std::path::Path;
 
 use super::{CowDisk, DiskError};

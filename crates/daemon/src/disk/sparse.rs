@@ -2,6 +2,7 @@
 //! Used where neither qcow2 nor reflink is available (Firecracker on a
 //! filesystem without reflink).
 
+use crate::pathio::FromPathIo;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;

@@ -1,10 +1,10 @@
 //! The per-VM config drive: a small read-only ext4 image the guest's
 //! `banger-guest-init` mounts to learn its address, hostname and keys.
 
+use crate::pathio::FromPathIo;
 use std::path::Path;
 
 use super::GuestError;
-use crate::cmd;
 
 /// A VM's identity, as the guest applies it.
 #[derive(Debug, Clone)]
@@ -45,20 +45,7 @@ pub fn build(identity: &Identity, dest: &Path) -> Result<(), GuestError> {
         write("authorized_keys", &identity.authorized_key, 0o644)?;
         write("ssh_host_ed25519_key", &identity.host_key_private, 0o600)?;
         write("ssh_host_ed25519_key.pub", &identity.host_key_public, 0o644)?;
-        let _ = std::fs::remove_file(dest);
-        cmd::run(
-            "mkfs.ext4",
-            &[
-                "-q".as_ref(),
-                "-F".as_ref(),
-                "-L".as_ref(),
-                "banger-config".as_ref(),
-                "-d".as_ref(),
-                staging.as_os_str(),
-                dest.as_os_str(),
-                "1M".as_ref(),
-            ] as &[&std::ffi::OsStr],
-        )?;
+        crate::ext4::make(&staging, dest, "banger-config", "1M", &[])?;
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&staging);

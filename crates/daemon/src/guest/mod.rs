@@ -8,20 +8,8 @@ pub mod ssh;
 pub enum GuestError {
     #[error(transparent)]
     Cmd(#[from] crate::cmd::CmdError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::pathio::PathIoError),
     #[error("{0}")]
     Ssh(String),
-}
-
-impl GuestError {
-    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        GuestError::Io {
-            path: path.display().to_string(),
-            source,
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! SSH: the daemon's client key, per-VM host keys pinned in a known_hosts
 //! file the daemon owns, the OpenSSH argument vector, and readiness.
 
+use crate::pathio::FromPathIo;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

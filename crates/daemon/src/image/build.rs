@@ -3,6 +3,7 @@
 //! into an ext4 root filesystem. The image directory appears only when
 //! complete (built beside it, renamed into place).
 
+use crate::pathio::FromPathIo;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -86,18 +87,12 @@ fn build_into(
     customize::build_initrd(&tree, &kernel_version, &out.initrd())?;
     report("rootfs", 80);
     let size_mib = (tree_size(&tree) / (1 << 20)) * 2 + 512;
-    cmd::run(
-        "mkfs.ext4",
-        &[
-            "-q".as_ref(),
-            "-F".as_ref(),
-            "-L".as_ref(),
-            "banger-root".as_ref(),
-            "-d".as_ref(),
-            tree.as_os_str(),
-            out.rootfs().as_os_str(),
-            format!("{size_mib}M").as_ref(),
-        ] as &[&std::ffi::OsStr],
+    crate::ext4::make(
+        &tree,
+        &out.rootfs(),
+        "banger-root",
+        &format!("{size_mib}M"),
+        &[],
     )?;
     std::fs::remove_dir_all(&tree).map_err(|e| ImageError::io(&tree, e))?;
     let manifest = Manifest {

@@ -1,5 +1,6 @@
 //! The image catalog: what is built under the image directory.
 
+use crate::pathio::FromPathIo;
 use banger_api::ImageInfo;
 
 use super::{ImageError, Manifest};

@@ -2,6 +2,7 @@
 //! and journald settings, units masked for a fast boot, no baked host keys,
 //! and banger's own small initrd.
 
+use crate::pathio::FromPathIo;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 

@@ -10,22 +10,10 @@ pub mod customize;
 pub enum ImageError {
     #[error(transparent)]
     Cmd(#[from] crate::cmd::CmdError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::pathio::PathIoError),
     #[error("{0}")]
     Invalid(String),
-}
-
-impl ImageError {
-    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        ImageError::Io {
-            path: path.display().to_string(),
-            source,
-        }
-    }
 }
 
 /// The manifest written last into an image directory.

@@ -43,20 +43,8 @@ impl Mode {
 pub enum WorkspaceError {
     #[error(transparent)]
     Cmd(#[from] crate::cmd::CmdError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::pathio::PathIoError),
     #[error("{0}")]
     Invalid(String),
-}
-
-impl WorkspaceError {
-    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        WorkspaceError::Io {
-            path: path.display().to_string(),
-            source,
-        }
-    }
 }

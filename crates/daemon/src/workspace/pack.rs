@@ -3,6 +3,7 @@
 //! only on request) into a tar, and for overlay mode into an ext4 image.
 //! The host repo is only read: no git command here writes its index.
 
+use crate::pathio::FromPathIo;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -141,21 +142,12 @@ pub fn ext4_from_tar(
         // Each file takes at least one 4 KiB block and one inode.
         let size_mib = (bytes + files * 4096) / (1 << 20) * 5 / 4 + 32;
         let inodes = (files + 1024).to_string();
-        let _ = std::fs::remove_file(dest);
-        cmd::run(
-            "mkfs.ext4",
-            &[
-                "-q".as_ref(),
-                "-F".as_ref(),
-                "-L".as_ref(),
-                "banger-ws".as_ref(),
-                "-N".as_ref(),
-                inodes.as_ref(),
-                "-d".as_ref(),
-                staging.as_os_str(),
-                dest.as_os_str(),
-                format!("{size_mib}M").as_ref(),
-            ] as &[&std::ffi::OsStr],
+        crate::ext4::make(
+            &staging,
+            dest,
+            "banger-ws",
+            &format!("{size_mib}M"),
+            &["-N", &inodes],
         )?;
         Ok(())
     })();
