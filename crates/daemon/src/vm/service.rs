@@ -247,17 +247,28 @@ impl VmService {
                 format!("no image named {name:?}; build it with `banger image build {name}`"),
             ));
         }
+        // Another create may be building it: wait for the build lock, then
+        // look again.
+        let _guard = self.image_lock.lock().await;
+        if self.layout().image(name).exists() {
+            return Ok(());
+        }
         op.phase(
             "image",
             "building the default image (first use; takes a few minutes)",
             1,
         );
-        self.build_image(op, name).await
+        self.build_image_locked(op, name).await
     }
 
     /// Builds image `name` (serialised with other builds).
     pub async fn build_image(self: &Arc<Self>, op: &Op, name: &str) -> R<()> {
         let _guard = self.image_lock.lock().await;
+        self.build_image_locked(op, name).await
+    }
+
+    /// Builds image `name`; the caller holds `image_lock`.
+    async fn build_image_locked(self: &Arc<Self>, op: &Op, name: &str) -> R<()> {
         let paths = self.layout().image(name);
         let report = op.reporter();
         let name = name.to_string();
