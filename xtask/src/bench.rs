@@ -109,7 +109,7 @@ fn workspace(env: &mut Env, files: usize) -> anyhow::Result<()> {
     })?;
     env.sh(
         "bench-a",
-        "cd /root/repo && echo change >> pkg000/mod00/f0.rs",
+        "cd /root/repo && echo change >> pkg001/mod00/f1.rs",
     )?;
     let export = timed("workspace export (one change)", || {
         let patch = env.ok(&["workspace", "export", "bench-a"])?;

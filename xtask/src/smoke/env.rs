@@ -194,8 +194,12 @@ impl Env {
                 Ok((vm.to_string(), child))
             })
             .collect::<anyhow::Result<_>>()?;
-        for (vm, child) in children {
-            let out = child.wait_with_output()?;
+        // Wait for every create before judging any.
+        let results: Vec<(String, Output)> = children
+            .into_iter()
+            .map(|(vm, child)| Ok((vm, child.wait_with_output()?)))
+            .collect::<anyhow::Result<_>>()?;
+        for (vm, out) in results {
             ensure!(
                 out.status.success(),
                 "creating {vm}: {}",

@@ -83,7 +83,12 @@ pub fn unpin_host_key(layout: &Layout, name: &str) -> Result<(), GuestError> {
     edit_known_hosts(layout, name, None)
 }
 
+/// Serialises edits of known_hosts: concurrent creates and deletes must
+/// not lose each other's lines.
+static KNOWN_HOSTS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn edit_known_hosts(layout: &Layout, name: &str, add: Option<&str>) -> Result<(), GuestError> {
+    let _guard = KNOWN_HOSTS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let path = layout.known_hosts();
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     let mark = marker(name);
@@ -95,7 +100,7 @@ fn edit_known_hosts(layout: &Layout, name: &str, add: Option<&str>) -> Result<()
     if let Some(line) = add {
         new.push_str(line);
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, new)
         .and_then(|_| std::fs::rename(&tmp, &path))
         .map_err(|e| GuestError::io(&path, e))
@@ -215,6 +220,32 @@ pub fn ssh_config_text(layout: &Layout) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_pins_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().into(), dir.path().join("run"), None);
+        std::fs::create_dir_all(layout.ssh_dir()).unwrap();
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let layout = layout.clone();
+                std::thread::spawn(move || {
+                    pin_host_key(
+                        &layout,
+                        &format!("vm{i}"),
+                        &format!("10.0.0.{i}"),
+                        "ssh-ed25519 AAAAx k",
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let kh = std::fs::read_to_string(layout.known_hosts()).unwrap();
+        assert_eq!(kh.lines().count(), 16, "{kh}");
+    }
 
     #[test]
     fn known_hosts_lines_are_pinned_and_removed_per_vm() {
