@@ -31,8 +31,19 @@ pub struct SystemIptables;
 
 impl Iptables for SystemIptables {
     fn run(&self, args: &[String]) -> Result<String, CmdError> {
-        cmd::run("iptables", args)
+        // -w: wait for the xtables lock other programs may hold.
+        let mut full = vec!["-w".to_string()];
+        full.extend_from_slice(args);
+        cmd::run("iptables", &full)
     }
+}
+
+/// Check-then-add is not atomic: rule changes from concurrent operations
+/// in this daemon go one at a time.
+static RULES_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    RULES_LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Adds `rule` unless an identical one exists (`-C` first).
@@ -53,6 +64,7 @@ fn remove(ipt: &dyn Iptables, rule: &Rule) -> Result<(), CmdError> {
 
 /// Installs NAT for `vm` at `ip`: idempotent, never duplicates.
 pub fn install(ipt: &dyn Iptables, vm: &str, ip: &str, bridge: &str) -> Result<(), CmdError> {
+    let _guard = lock();
     enable_forwarding();
     for rule in rules::for_vm(vm, ip, bridge) {
         ensure(ipt, &rule)?;
@@ -62,6 +74,7 @@ pub fn install(ipt: &dyn Iptables, vm: &str, ip: &str, bridge: &str) -> Result<(
 
 /// Removes `vm`'s NAT rules; already gone is success.
 pub fn uninstall(ipt: &dyn Iptables, vm: &str, ip: &str, bridge: &str) -> Result<(), CmdError> {
+    let _guard = lock();
     for rule in rules::for_vm(vm, ip, bridge) {
         remove(ipt, &rule)?;
     }
@@ -70,6 +83,7 @@ pub fn uninstall(ipt: &dyn Iptables, vm: &str, ip: &str, bridge: &str) -> Result
 
 /// Keeps guests without NAT from reaching beyond the bridge.
 pub fn ensure_isolation(ipt: &dyn Iptables, bridge: &str) -> Result<(), CmdError> {
+    let _guard = lock();
     ensure(ipt, &rules::isolation(bridge))
 }
 
@@ -97,6 +111,7 @@ pub fn reconcile(
     for (vm, ip) in want {
         install(ipt, vm, ip, bridge)?;
     }
+    let _guard = lock();
     let mut removed = Vec::new();
     for (table, chain) in [("nat", "POSTROUTING"), ("filter", "FORWARD")] {
         let out = ipt.run(&["-t".into(), table.into(), "-S".into(), chain.into()])?;
