@@ -56,7 +56,11 @@ pub fn run() -> anyhow::Result<i32> {
 }
 
 fn say(msg: &str) {
-    eprintln!("\x1b[1m==> {msg}\x1b[0m");
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("\x1b[1m==> {msg}\x1b[0m");
+    } else {
+        eprintln!("==> {msg}");
+    }
 }
 
 fn show(env: &Env, args: &[&str]) -> anyhow::Result<()> {

@@ -17,7 +17,7 @@ use crate::image::{self, DEFAULT_IMAGE};
 use crate::layout::{ensure_dir, Layout};
 use crate::opstate::{Op, OpTracker, Sink};
 use crate::store::{now, Store};
-use crate::vmm::accel::{kvm_boots_guest, AccelChoice};
+use crate::vmm::accel::{self, kvm_boots_guest, AccelChoice};
 use crate::vmm::qemu::{Qemu, STOP_TIMEOUT};
 use crate::vmm::{process, Drive, LaunchSpec, Vmm};
 
@@ -154,7 +154,12 @@ impl VmService {
             AccelChoice::Tcg => false,
             AccelChoice::Kvm => true,
             AccelChoice::Auto => {
+                let cache = self.layout().state_dir.join("accel-probe");
+                if let Some(known) = accel::cached_verdict(&cache) {
+                    return known;
+                }
                 let ok = kvm_boots_guest(kernel, Duration::from_secs(8));
+                accel::save_verdict(&cache, ok);
                 tracing::info!(
                     kvm = ok,
                     "accelerator probe: KVM {}",

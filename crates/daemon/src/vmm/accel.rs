@@ -57,3 +57,54 @@ pub fn kvm_boots_guest(kernel: &Path, timeout: Duration) -> bool {
     let _ = child.wait();
     false
 }
+
+/// The running kernel's release: a probe's verdict holds until it changes.
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// A verdict saved by an earlier probe on this host kernel.
+pub fn cached_verdict(path: &Path) -> Option<bool> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (release, verdict) = text.trim().split_once(' ')?;
+    if release != host_release() {
+        return None;
+    }
+    match verdict {
+        "kvm" => Some(true),
+        "tcg" => Some(false),
+        _ => None,
+    }
+}
+
+pub fn save_verdict(path: &Path, kvm: bool) {
+    let line = format!("{} {}\n", host_release(), if kvm { "kvm" } else { "tcg" });
+    if let Err(e) = std::fs::write(path, line) {
+        tracing::warn!("saving the accelerator probe to {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_kept_per_host_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("accel-probe");
+        assert_eq!(cached_verdict(&p), None);
+        save_verdict(&p, false);
+        assert_eq!(cached_verdict(&p), Some(false));
+        save_verdict(&p, true);
+        assert_eq!(cached_verdict(&p), Some(true));
+        std::fs::write(&p, "0.0.0-other kvm\n").unwrap();
+        assert_eq!(
+            cached_verdict(&p),
+            None,
+            "another kernel's verdict must not count"
+        );
+    }
+}
