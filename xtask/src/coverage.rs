@@ -156,14 +156,8 @@ pub fn print(table: &Table, baseline: Option<&Path>) -> anyhow::Result<()> {
     for (module, (c, t)) in table {
         c_all += c;
         t_all += t;
-        let now = pct(*c, *t);
-        match base.get(module).and_then(|b| b["percent"].as_f64()) {
-            Some(before) => println!(
-                "  {module:<10} {before:>5.1}% -> {now:>5.1}% ({:+.1}pp)  {c}/{t} lines",
-                now - before
-            ),
-            None => println!("  {module:<10} {now:>5.1}%  {c}/{t} lines"),
-        }
+        let before = base.get(module).and_then(|b| b["percent"].as_f64());
+        println!("{}", row(module, *c, *t, before));
     }
     println!(
         "  {:<10} {:>5.1}%  {c_all}/{t_all} lines",
@@ -173,8 +167,32 @@ pub fn print(table: &Table, baseline: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line of the table: `module  before% -> now% (+Npp)  covered/lines`.
+fn row(module: &str, covered: u64, total: u64, before: Option<f64>) -> String {
+    let now = pct(covered, total);
+    match before {
+        Some(b) => format!(
+            "  {module:<10} {b:>5.1}% -> {now:>5.1}% ({:+.1}pp)  {covered}/{total} lines",
+            now - b
+        ),
+        None => format!("  {module:<10} {now:>5.1}%  {covered}/{total} lines"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rows_show_the_change_against_a_baseline() {
+        assert_eq!(
+            super::row("hostnat", 641, 1000, Some(14.1)),
+            "  hostnat     14.1% ->  64.1% (+50.0pp)  641/1000 lines"
+        );
+        assert_eq!(
+            super::row("cli", 1, 3, None),
+            "  cli         33.3%  1/3 lines"
+        );
+    }
+
     #[test]
     fn files_map_to_modules() {
         let m = |f: &str| super::module_of(f);

@@ -12,9 +12,14 @@ pub const ALL: &[Scenario] = &[
     ("bad input is refused without side effects", bad_input),
     ("vm create", create),
     ("vm list and show", list_show),
-    ("vm ssh and exec exit codes", ssh_exec),
+    ("vm ssh: strict pinned host key, exit code passes", ssh),
+    ("vm exec streams output, exit code passes", exec),
     ("vm logs show the boot", logs),
-    ("workspace prepare (overlay) and plain export", ws_overlay),
+    ("workspace prepare (default overlay mode)", ws_overlay),
+    (
+        "workspace export (plain) of uncommitted edits",
+        ws_export_plain,
+    ),
     (
         "workspace export --base-commit includes guest commits",
         ws_base_commit,
@@ -189,7 +194,7 @@ fn list_show(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn ssh_exec(env: &mut Env) -> anyhow::Result<Outcome> {
+fn ssh(env: &mut Env) -> anyhow::Result<Outcome> {
     require_a!(env);
     let out = env.banger(&["vm", "ssh", A, "--", "echo", "from-ssh;", "exit", "5"]);
     ensure!(
@@ -201,6 +206,30 @@ fn ssh_exec(env: &mut Env) -> anyhow::Result<Outcome> {
         String::from_utf8_lossy(&out.stdout).contains("from-ssh"),
         "ssh output"
     );
+    let host = env.banger(&["vm", "ssh", A, "--", "hostname"]);
+    ensure!(
+        String::from_utf8_lossy(&host.stdout).trim() == A,
+        "reached the wrong guest"
+    );
+    // Strict host key checking against the pinned per-VM key.
+    let kh = std::fs::read_to_string(env.state_dir.join("ssh/known_hosts"))?;
+    ensure!(
+        kh.lines()
+            .filter(|l| l.contains(&format!("banger-vm:{A}")))
+            .count()
+            == 1,
+        "known_hosts: {kh}"
+    );
+    let guest_key = env.sh(A, "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub")?;
+    ensure!(
+        kh.contains(guest_key.trim()),
+        "pinned key is not the guest's host key"
+    );
+    Ok(Outcome::Pass)
+}
+
+fn exec(env: &mut Env) -> anyhow::Result<Outcome> {
+    require_a!(env);
     let out = env.banger(&[
         "vm",
         "exec",
@@ -224,22 +253,9 @@ fn ssh_exec(env: &mut Env) -> anyhow::Result<Outcome> {
         String::from_utf8_lossy(&out.stderr).contains("err"),
         "stderr not passed"
     );
-    let host = env.sh(A, "hostname")?;
-    ensure!(host.trim() == A, "guest hostname is {host:?}");
-    // Strict host key checking against the pinned per-VM key.
-    let kh = std::fs::read_to_string(env.state_dir.join("ssh/known_hosts"))?;
-    ensure!(
-        kh.lines()
-            .filter(|l| l.contains(&format!("banger-vm:{A}")))
-            .count()
-            == 1,
-        "known_hosts: {kh}"
-    );
-    let guest_key = env.sh(A, "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub")?;
-    ensure!(
-        kh.contains(guest_key.trim()),
-        "pinned key is not the guest's host key"
-    );
+    // argv survives the trip: quotes and spaces are not re-split.
+    let echoed = env.ok(&["vm", "exec", A, "--", "printf", "%s|", "a b", "c'd", ""])?;
+    ensure!(echoed == "a b|c'd||", "argv mangled: {echoed:?}");
     Ok(Outcome::Pass)
 }
 
@@ -736,6 +752,19 @@ fn ws_overlay(env: &mut Env) -> anyhow::Result<Outcome> {
         "already has a workspace",
     )?;
 
+    Ok(Outcome::Pass)
+}
+
+fn ws_export_plain(env: &mut Env) -> anyhow::Result<Outcome> {
+    require_a!(env);
+    if env.vm_json(A)?["workspace"].is_null() {
+        return Ok(Outcome::Skip(format!(
+            "{A} has no workspace (the prepare scenario failed)"
+        )));
+    }
+    let (repo, _) = host_repo(env)?;
+    let repo_s = repo.to_string_lossy().into_owned();
+    env.fails(&["workspace", "export", "nope"], "no VM named")?;
     env.fails(
         &["workspace", "export", A, "--base-commit", "nothex"],
         "not a commit id",
