@@ -13,6 +13,7 @@ const GUEST_INIT: &str = include_str!("assets/banger-guest-init");
 const GUEST_UNIT: &str = include_str!("assets/banger-guest.service");
 const SSHD_CONF: &str = include_str!("assets/sshd-banger.conf");
 const JOURNALD_CONF: &str = include_str!("assets/journald-banger.conf");
+const SSH_UNIT_CONF: &str = include_str!("assets/ssh-banger.conf");
 const INITRD_INIT: &str = include_str!("assets/initrd-init");
 
 /// Units that cost boot time and do nothing useful in a disposable VM.
@@ -46,6 +47,7 @@ pub const MASKED_UNITS: &[&str] = &[
     "modprobe@fuse.service",
     "modprobe@loop.service",
     "systemd-pstore.service",
+    "systemd-random-seed.service",
 ];
 
 /// Kernel modules the initrd loads, in dependency order (path under
@@ -100,6 +102,32 @@ pub fn customize(root: &Path) -> Result<(), ImageError> {
         JOURNALD_CONF,
         0o644,
     )?;
+    write(
+        root,
+        "etc/systemd/system/ssh.service.d/banger.conf",
+        SSH_UNIT_CONF,
+        0o644,
+    )?;
+    // Mount point of the config drive, and root's SSH directory.
+    for (dir, mode) in [("var/lib/banger/config", 0o755), ("root/.ssh", 0o700)] {
+        let p = root.join(dir);
+        std::fs::create_dir_all(&p).map_err(|e| ImageError::io(&p, e))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| ImageError::io(&p, e))?;
+    }
+    // Tell ConditionNeedsUpdate= units (sysusers, ldconfig, catalog and
+    // hwdb updates) that /etc and /var are current: they need not run at boot.
+    // The format systemd-update-done writes: /usr's mtime in nanoseconds.
+    let usr = root.join("usr");
+    let usr_mtime = std::fs::metadata(&usr)
+        .and_then(|m| m.modified())
+        .map_err(|e| ImageError::io(&usr, e))?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let stamp = format!("# banger: up to date at image build\nTIMESTAMP_NSEC={usr_mtime}\n");
+    write(root, "etc/.updated", &stamp, 0o644)?;
+    write(root, "var/.updated", &stamp, 0o644)?;
     let units = root.join("etc/systemd/system");
     for unit in MASKED_UNITS {
         force_symlink("/dev/null", &units.join(unit))?;
