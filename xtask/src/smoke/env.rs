@@ -254,7 +254,7 @@ impl Env {
     }
 
     /// Deletes every VM, stops the daemon, kills any VMM left, removes the
-    /// namespace and the work directory (not a kept image directory).
+    /// namespace and the work directory (a kept image directory is outside it).
     pub fn teardown(&mut self) {
         if let Ok(out) = self.ok(&["vm", "list", "--json"]) {
             if let Ok(Value::Array(vms)) = serde_json::from_str::<Value>(&out) {
@@ -274,12 +274,9 @@ impl Env {
                     .status();
             }
         }
-        if !self.image_dir.starts_with(&self.dir) {
-            let _ = std::fs::remove_dir_all(self.dir.join("state"));
-            let _ = std::fs::remove_dir_all(self.dir.join("run"));
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        // A kept image directory (--keep-image) lives outside the work
+        // directory, so the whole work directory goes.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
