@@ -133,7 +133,7 @@ impl VmService {
         );
         let (mode, readonly, include_ignored) = (req.mode, req.readonly, req.include_ignored);
         let (repo2, tar2, image2) = (repo.clone(), tar_path.clone(), image.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), super::WorkspaceError> {
+        let packed = tokio::task::spawn_blocking(move || -> Result<(), super::WorkspaceError> {
             let list = pack::file_list(&repo2, include_ignored)?;
             let entries = list.iter().filter(|b| **b == 0).count();
             pack::tar(&repo2, &list, readonly, &tar2)?;
@@ -145,20 +145,21 @@ impl VmService {
             Ok(())
         })
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(invalid)?;
+        .map_err(|e| ApiError::internal(e.to_string()))
+        .and_then(|r| r.map_err(invalid));
+        if let Err(e) = packed {
+            let _ = std::fs::remove_file(&tar_path);
+            let _ = std::fs::remove_file(&image);
+            return Err(e);
+        }
         let backend = self.backend_of(vm)?;
         let control = l.vm_control_socket(&vm.name);
         match req.mode {
             Mode::Overlay => {
                 op.phase("attach", "attaching the workspace image", 50);
-                let drive = Drive {
-                    path: image.clone(),
-                    format: "raw".into(),
-                    readonly: true,
-                    serial: DRIVE_SERIAL.into(),
-                };
-                if let Err(e) = backend.attach_drive(&control, DRIVE_ID, &drive) {
+                if let Err(e) =
+                    backend.attach_drive(&control, DRIVE_ID, &self.overlay_drive(&vm.name))
+                {
                     let _ = std::fs::remove_file(&image);
                     return Err(e.into());
                 }
@@ -167,7 +168,19 @@ impl VmService {
                     &format!("mounting the overlay at {GUEST_REPO}"),
                     70,
                 );
-                guest_script(self, vm, &scripts::mount_overlay(DRIVE_SERIAL), &[]).await?;
+                if let Err(e) =
+                    guest_script(self, vm, &scripts::mount_overlay(DRIVE_SERIAL), &[]).await
+                {
+                    // Leave nothing half-made: a retry must find the VM as before.
+                    if let Err(undo) = guest_script(self, vm, scripts::UNDO_OVERLAY, &[]).await {
+                        tracing::warn!(vm = %vm.name, "undoing the overlay: {}", undo.message);
+                    }
+                    if let Err(d) = backend.detach_drive(&control, DRIVE_ID) {
+                        tracing::warn!(vm = %vm.name, "detaching the workspace drive: {d}");
+                    }
+                    let _ = std::fs::remove_file(&image);
+                    return Err(e);
+                }
             }
             Mode::FullCopy => {
                 op.phase("attach", "attaching the repo tar", 40);
@@ -223,12 +236,17 @@ impl VmService {
     /// The workspace drive a VM boots with (overlay mode only).
     pub fn workspace_drive(&self, vm: &VmInfo) -> Option<Drive> {
         let ws = vm.workspace.as_ref()?;
-        (ws.mode == Mode::Overlay.as_str()).then(|| Drive {
-            path: self.layout().vm_workspace_image(&vm.name),
+        (ws.mode == Mode::Overlay.as_str()).then(|| self.overlay_drive(&vm.name))
+    }
+
+    /// The read-only image an overlay workspace mounts as its lower layer.
+    fn overlay_drive(&self, vm: &str) -> Drive {
+        Drive {
+            path: self.layout().vm_workspace_image(vm),
             format: "raw".into(),
             readonly: true,
             serial: DRIVE_SERIAL.into(),
-        })
+        }
     }
 
     /// The patch (raw bytes) of the guest's work.

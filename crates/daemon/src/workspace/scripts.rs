@@ -46,6 +46,16 @@ mountpoint -q /root/repo || mount -t overlay overlay -o "lowerdir=$base/lower/re
     )
 }
 
+/// Undoes a failed `mount_overlay`: unmounts what it mounted and removes
+/// what it created, so the VM is as before the prepare.
+pub const UNDO_OVERLAY: &str = r#"
+base=/var/lib/banger/workspace
+mountpoint -q /root/repo && umount /root/repo
+mountpoint -q "$base/lower" && umount "$base/lower"
+rmdir /root/repo 2>/dev/null || true
+rm -rf "$base"
+"#;
+
 /// Extracts the tar on the drive with `serial` into /root/repo.
 pub fn extract_full_copy(serial: &str, readonly: bool) -> String {
     let chmod = if readonly {
@@ -58,6 +68,7 @@ pub fn extract_full_copy(serial: &str, readonly: bool) -> String {
         r#"set -eu
 {FIND_DRIVE}
 dev=$(find_drive {serial})
+trap 'rm -rf /root/repo.partial' EXIT
 mkdir -p /root/repo.partial
 tar --extract --same-permissions --same-owner --file "$dev" --directory /root/repo.partial
 mv /root/repo.partial /root/repo
@@ -105,6 +116,7 @@ mod tests {
             extract_full_copy("banger-ws", true),
             EXPORT.to_string(),
             CHECK_FREE.to_string(),
+            UNDO_OVERLAY.to_string(),
         ] {
             let out = std::process::Command::new("sh")
                 .args(["-n", "-c", &script])
