@@ -213,7 +213,12 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
 fn state_change(socket: &Path, name: &str, req: Request, verb: &str) -> anyhow::Result<()> {
     validate_vm_name(name)?;
     let vm: VmInfo = rpc::call(socket, &req)?;
-    eprintln!("{} {verb}; now {}", vm.name, vm.state);
+    let state = vm.state.to_string();
+    if verb == state {
+        eprintln!("{} {verb}", vm.name);
+    } else {
+        eprintln!("{} {verb}; now {state}", vm.name);
+    }
     Ok(())
 }
 

@@ -149,6 +149,13 @@ impl VmService {
         self.backend(vm, &self.layout().image(&vm.image).kernel())
     }
 
+    /// True when the next boot must first run the KVM probe.
+    fn accel_probe_pending(&self) -> bool {
+        self.kvm.get().is_none()
+            && matches!(self.cfg.accel, AccelChoice::Auto)
+            && accel::cached_verdict(&self.layout().state_dir.join("accel-probe")).is_none()
+    }
+
     fn use_kvm(&self, kernel: &std::path::Path) -> bool {
         *self.kvm.get_or_init(|| match self.cfg.accel {
             AccelChoice::Tcg => false,
@@ -405,6 +412,18 @@ impl VmService {
             pid_file: l.vm_pid_file(&vm.name),
             control_socket: l.vm_control_socket(&vm.name),
         };
+        if self.accel_probe_pending() {
+            op.phase(
+                "accel",
+                "checking once whether KVM can boot a guest on this host (up to 8 s; the verdict is kept)",
+                pct + 5,
+            );
+            let this = self.clone();
+            let kernel = spec.kernel.clone();
+            tokio::task::spawn_blocking(move || this.use_kvm(&kernel))
+                .await
+                .map_err(blocking_err)?;
+        }
         let backend = self.backend(vm, &spec.kernel)?;
         op.phase(
             "boot",
