@@ -1,16 +1,38 @@
 //! The smoke suite: real CLI, real daemon, real VMs, all inside a network
 //! namespace the suite creates and removes. Each scenario prints its name,
 //! result and time; the run ends with `N passed, M failed, K skipped`.
+//!
+//! Every scenario stands alone: it declares the VMs it needs
+//! ([`env::VmSpec`]) and the runner obtains them through the fixture
+//! ([`Env::vm`]) before the scenario starts, so `--filter NAME` runs any
+//! one of them by itself. A run goes in three phases:
+//!
+//! 1. [`When::First`] scenarios, one at a time, before any VM exists (a
+//!    fresh daemon, the image build, bad input that must leave no VM).
+//! 2. [`When::Together`] scenarios, [`WORKERS`] at a time, while every VM
+//!    the selected scenarios declare boots in the background, in the order
+//!    the scenarios need them ([`env::BOOT_SLOTS`] at a time).
+//! 3. [`When::Last`] scenarios, one at a time, with the daemon to
+//!    themselves (a daemon restart, `vm prune`, checks that a deleted VM's
+//!    tap is gone while no other VM could take its slot).
+//!
+//! Each scenario's report (result, time, VMs, notes, diagnostics) is
+//! printed in one piece when it ends.
 
 mod env;
 mod scenarios;
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::bail;
 
 pub use env::Env;
+use env::{lock, VmSpec};
 
 /// What a scenario concluded.
 pub enum Outcome {
@@ -18,7 +40,69 @@ pub enum Outcome {
     Skip(String),
 }
 
-pub type Scenario = (&'static str, fn(&mut Env) -> anyhow::Result<Outcome>);
+/// When a scenario runs (see the module doc).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum When {
+    First,
+    Together,
+    Last,
+}
+
+/// Scenarios of the middle phase that run at once.
+pub const WORKERS: usize = 4;
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub run: fn(&Env) -> anyhow::Result<Outcome>,
+    pub when: When,
+    /// VMs the runner obtains from the fixture before `run` starts.
+    pub vms: &'static [&'static VmSpec],
+    /// VMs `run` creates itself (named in its diagnostics).
+    pub makes: &'static [&'static str],
+}
+
+impl Scenario {
+    pub const fn first(name: &'static str, run: fn(&Env) -> anyhow::Result<Outcome>) -> Self {
+        Scenario {
+            name,
+            run,
+            when: When::First,
+            vms: &[],
+            makes: &[],
+        }
+    }
+
+    pub const fn together(name: &'static str, run: fn(&Env) -> anyhow::Result<Outcome>) -> Self {
+        Scenario {
+            when: When::Together,
+            ..Self::first(name, run)
+        }
+    }
+
+    pub const fn last(name: &'static str, run: fn(&Env) -> anyhow::Result<Outcome>) -> Self {
+        Scenario {
+            when: When::Last,
+            ..Self::first(name, run)
+        }
+    }
+
+    pub const fn vms(self, vms: &'static [&'static VmSpec]) -> Self {
+        Scenario { vms, ..self }
+    }
+
+    pub const fn makes(self, makes: &'static [&'static str]) -> Self {
+        Scenario { makes, ..self }
+    }
+}
+
+thread_local! {
+    static NOTES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A line for the running scenario's report (printed under its result).
+pub fn note(line: impl Into<String>) {
+    NOTES.with(|n| n.borrow_mut().push(line.into()));
+}
 
 struct Options {
     filter: Option<String>,
@@ -48,6 +132,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
 }
 
 /// Scenario counts; printed last, as the runner's summary line.
+#[derive(Default)]
 pub struct Summary {
     pub passed: usize,
     pub failed: usize,
@@ -69,6 +154,31 @@ pub fn main(args: &[String]) -> anyhow::Result<i32> {
     let summary = run(args)?;
     println!("{summary}");
     Ok(if summary.failed == 0 { 0 } else { 1 })
+}
+
+/// The scenarios a run selects: those whose name contains the filter, and
+/// the ones a filtered run still needs.
+fn select(filter: Option<&str>) -> Vec<&'static Scenario> {
+    scenarios::ALL
+        .iter()
+        .filter(|s| {
+            filter.is_none_or(|f| s.name.contains(f) || scenarios::ALWAYS.contains(&s.name))
+        })
+        .collect()
+}
+
+/// The fixtures `chosen` declare, each once, in the order they are first
+/// needed.
+fn fixtures<'a>(chosen: impl Iterator<Item = &'a Scenario>) -> Vec<&'static VmSpec> {
+    let mut specs: Vec<&'static VmSpec> = Vec::new();
+    for s in chosen {
+        for spec in s.vms {
+            if !specs.iter().any(|k| k.name == spec.name) {
+                specs.push(spec);
+            }
+        }
+    }
+    specs
 }
 
 /// Runs the suite; the caller prints the summary.
@@ -96,33 +206,51 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
         None => crate::sh::build_banger()?,
     };
     let mut env = Env::start(&banger, opts.image_dir.as_deref())?;
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let chosen = select(opts.filter.as_deref());
+    let summary = Mutex::new(Summary::default());
     let started = Instant::now();
-    for (name, run) in scenarios::ALL {
-        if let Some(f) = &opts.filter {
-            if !name.contains(f.as_str()) && !scenarios::ALWAYS.contains(name) {
-                continue;
-            }
+    let phase = |when: When| chosen.iter().copied().filter(move |s| s.when == when);
+    for s in phase(When::First) {
+        run_one(&env, s, &summary);
+    }
+    // The middle phase: workers take scenarios in order; meanwhile every
+    // VM of this phase and the last is made, in the order it is needed.
+    let together: Vec<&Scenario> = phase(When::Together).collect();
+    let specs = fixtures(together.iter().copied().chain(phase(When::Last)));
+    if !specs.is_empty() {
+        eprintln!(
+            "--- {} scenarios, {WORKERS} at a time; making {} VMs, {} booting at a time",
+            together.len(),
+            specs.len(),
+            env::BOOT_SLOTS
+        );
+    }
+    let queue = Mutex::new(VecDeque::from(together));
+    let wanted = Mutex::new(VecDeque::from(specs));
+    std::thread::scope(|scope| {
+        for _ in 0..env::BOOT_SLOTS {
+            scope.spawn(|| loop {
+                let Some(spec) = lock(&wanted).pop_front() else {
+                    break;
+                };
+                // A failure here is the scenario's to report: it asks the
+                // fixture again and gets the error.
+                if let Err(e) = env.vm(spec) {
+                    eprintln!("--- making {} failed: {e:#}", spec.name);
+                }
+            });
         }
-        eprintln!("--- {name}");
-        let t = Instant::now();
-        let result = run(&mut env);
-        let secs = t.elapsed().as_secs_f64();
-        match result {
-            Ok(Outcome::Pass) => {
-                passed += 1;
-                println!("[ok]   {name} ({secs:.1}s)");
-            }
-            Ok(Outcome::Skip(why)) => {
-                skipped += 1;
-                println!("[skip] {name}: {why}");
-            }
-            Err(e) => {
-                failed += 1;
-                println!("[FAIL] {name} ({secs:.1}s): {e:#}");
-                env.print_diagnostics();
-            }
+        for _ in 0..WORKERS {
+            scope.spawn(|| loop {
+                let Some(s) = lock(&queue).pop_front() else {
+                    break;
+                };
+                run_one(&env, s, &summary);
+            });
         }
+    });
+    for s in phase(When::Last) {
+        run_one(&env, s, &summary);
     }
     env.teardown();
     drop(env);
@@ -133,9 +261,94 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
         crate::coverage::print(&table, opts.baseline.as_deref())?;
         println!("coverage written to {}", out.display());
     }
-    Ok(Summary {
-        passed,
-        failed,
-        skipped,
-    })
+    Ok(summary
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// Runs one scenario: obtains its VMs, runs it, prints its report in one
+/// piece and counts it.
+fn run_one(env: &Env, s: &Scenario, summary: &Mutex<Summary>) {
+    eprintln!("--- {}", s.name);
+    NOTES.with(|n| n.borrow_mut().clear());
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let ready: anyhow::Result<()> = s.vms.iter().try_for_each(|spec| {
+        got.push(format!("{} {}", spec.name, env.vm(spec)?));
+        Ok(())
+    });
+    let waited = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let result = ready.and_then(|()| {
+        std::panic::catch_unwind(|| (s.run)(env)).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|m| m.to_string()))
+                .unwrap_or_default();
+            bail!("panicked: {msg}")
+        })
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let name = s.name;
+    let mut report = match &result {
+        Ok(Outcome::Pass) => format!("[ok]   {name} ({secs:.1}s)\n"),
+        Ok(Outcome::Skip(why)) => format!("[skip] {name}: {why}\n"),
+        Err(e) => format!("[FAIL] {name} ({secs:.1}s): {e:#}\n"),
+    };
+    if !s.vms.is_empty() {
+        report.push_str(&format!("       vms ({waited:.1}s): {}\n", got.join("; ")));
+    }
+    for n in NOTES.with(|n| n.take()) {
+        report.push_str(&format!("       {n}\n"));
+    }
+    if result.is_err() {
+        let vms: Vec<&str> = s
+            .vms
+            .iter()
+            .map(|v| v.name)
+            .chain(s.makes.iter().copied())
+            .collect();
+        report.push_str(&env.diagnostics(&vms));
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(report.as_bytes());
+        let _ = out.flush();
+    }
+    let mut sum = lock(summary);
+    match result {
+        Ok(Outcome::Pass) => sum.passed += 1,
+        Ok(Outcome::Skip(_)) => sum.skipped += 1,
+        Err(_) => sum.failed += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_keeps_the_image_build() {
+        let names: Vec<&str> = select(Some("vm stop/start"))
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["image build", "vm stop/start keeps guest data"]);
+        assert_eq!(select(None).len(), scenarios::ALL.len());
+    }
+
+    #[test]
+    fn fixtures_come_once_in_the_order_needed() {
+        let chosen = select(Some("vm"));
+        let names: Vec<&str> = fixtures(chosen.iter().copied())
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_eq!(names.first(), Some(&"smoke-a"));
+    }
 }

@@ -1,74 +1,88 @@
-//! The scenarios, in the order they run. They share two VMs: `smoke-a`
-//! (created early, kept running until `delete`) and short-lived others.
+//! The scenarios. Each declares the VMs it needs (its [`VmSpec`]s, made by
+//! the fixture before it starts) or makes them itself, so each runs alone
+//! with `--filter`. Scenarios that only look at a VM share `smoke-a` and
+//! leave it running; a scenario that stops, kills, restarts, prunes or
+//! deletes a VM, or edits a workspace, has VMs of its own.
 
 use anyhow::{ensure, Context};
 use serde_json::Value;
 
-use super::{Env, Outcome, Scenario};
+use super::env::VmSpec;
+use super::{note, Env, Outcome, Scenario};
 
 pub const ALL: &[Scenario] = &[
-    ("daemon up", daemon_up),
-    ("image build", image_build),
-    ("bad input is refused without side effects", bad_input),
-    ("vm create", create),
-    ("vm list and show", list_show),
-    ("vm ssh: strict pinned host key, exit code passes", ssh),
-    ("vm exec streams output, exit code passes", exec),
-    ("vm logs show the boot", logs),
-    ("workspace prepare (default overlay mode)", ws_overlay),
-    (
+    Scenario::first("daemon up", daemon_up),
+    Scenario::first("image build", image_build),
+    Scenario::first("bad input is refused without side effects", bad_input),
+    Scenario::together("vm create", create).makes(&[CREATED]),
+    Scenario::together("vm list and show", list_show).vms(&[&SHARED]),
+    Scenario::together("vm ssh: strict pinned host key, exit code passes", ssh).vms(&[&SHARED]),
+    Scenario::together("vm exec streams output, exit code passes", exec).vms(&[&SHARED]),
+    Scenario::together("vm logs show the boot", logs).vms(&[&SHARED]),
+    Scenario::together("workspace prepare (default overlay mode)", ws_overlay).vms(&[&WS]),
+    Scenario::together(
         "workspace export (plain) of uncommitted edits",
         ws_export_plain,
-    ),
-    (
+    )
+    .vms(&[&EXPORT]),
+    Scenario::together(
         "workspace export --base-commit includes guest commits",
         ws_base_commit,
-    ),
-    ("vm stop/start keeps guest data", stop_start),
-    ("vm restart gives a fresh boot_id", restart),
-    ("vm kill --signal KILL ends stopped and clean", kill),
-    ("dns resolves NAME.vm, also after a daemon restart", dns),
-    ("vm ports shows sshd at NAME.vm:22", ports),
-    (
+    )
+    .vms(&[&BASE]),
+    Scenario::together("vm stop/start keeps guest data", stop_start).vms(&[&STOP]),
+    Scenario::together("vm restart gives a fresh boot_id", restart).vms(&[&RESTART]),
+    Scenario::together("vm kill --signal KILL ends stopped and clean", kill).vms(&[&KILL]),
+    // Restarts the daemon: nothing else may talk to it meanwhile.
+    Scenario::last("dns resolves NAME.vm, also after a daemon restart", dns).vms(&[&SHARED]),
+    Scenario::together("vm ports shows sshd at NAME.vm:22", ports).vms(&[&SHARED]),
+    Scenario::together(
         "nat rule: scoped, idempotent across stop/start, removed on delete",
         nat,
-    ),
-    ("ssh-config --install/--uninstall", ssh_config),
-    (
+    )
+    .vms(&[&SHARED])
+    .makes(&[NAT]),
+    Scenario::together("ssh-config --install/--uninstall", ssh_config).vms(&[&SHARED]),
+    Scenario::together(
         "workspace prepare --readonly drops every write bit",
         ws_readonly,
-    ),
-    ("workspace prepare --mode full_copy", ws_full_copy),
-    ("vm prune -f keeps running VMs", prune),
-    ("vm delete leaves nothing behind", delete),
+    )
+    .vms(&[&RO]),
+    Scenario::together("workspace prepare --mode full_copy", ws_full_copy).vms(&[&FC]),
+    // Deletes every VM that is not running: others' VMs stop for a while.
+    Scenario::last("vm prune -f keeps running VMs", prune).vms(&[&SHARED, &PRUNE1, &PRUNE2]),
+    // Its tap must be gone, and a VM made meanwhile could take its slot.
+    Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
 ];
 
-/// Scenarios a `--filter` run still needs (they set up the rest).
-pub const ALWAYS: &[&str] = &["daemon up", "image build", "vm create"];
+/// Scenarios a `--filter` run still needs: the image build, measured on
+/// its own (the first `vm create` would otherwise build it unseen).
+pub const ALWAYS: &[&str] = &["image build"];
 
-const A: &str = "smoke-a";
+/// The shared VM: running, no workspace; its users leave it so.
+const SHARED: VmSpec = VmSpec::running("smoke-a");
+const A: &str = SHARED.name;
+/// Made by `vm create` itself.
+const CREATED: &str = "smoke-create";
+/// Made by `nat` itself, with `--nat`.
+const NAT: &str = "smoke-nat";
+const WS: VmSpec = VmSpec::running("smoke-ws");
+const EXPORT: VmSpec = VmSpec::running("smoke-export").with_workspace(&[]);
+const BASE: VmSpec = VmSpec::running("smoke-base").with_workspace(&[]);
+/// With a workspace, which must survive the stop.
+const STOP: VmSpec = VmSpec::running("smoke-stop").with_workspace(&[]);
+const RESTART: VmSpec = VmSpec::running("smoke-restart");
+const KILL: VmSpec = VmSpec::running("smoke-kill");
+const RO: VmSpec = VmSpec::running("smoke-ro");
+const FC: VmSpec = VmSpec::running("smoke-fc");
+/// Prune's victims; the first has a workspace (export must refuse it).
+const PRUNE1: VmSpec = VmSpec::running("smoke-prune-1")
+    .with_workspace(&["--readonly"])
+    .stopped();
+const PRUNE2: VmSpec = VmSpec::running("smoke-prune-2").stopped();
+const DEL: VmSpec = VmSpec::running("smoke-del");
 
-fn needs_a(env: &Env) -> anyhow::Result<Option<Outcome>> {
-    match env.vm_state(A) {
-        Ok(s) if s == "running" => Ok(None),
-        Ok(s) => Ok(Some(Outcome::Skip(format!(
-            "{A} is {s}, not running (an earlier scenario failed)"
-        )))),
-        Err(_) => Ok(Some(Outcome::Skip(format!(
-            "{A} does not exist (vm create failed)"
-        )))),
-    }
-}
-
-macro_rules! require_a {
-    ($env:expr) => {
-        if let Some(skip) = needs_a($env)? {
-            return Ok(skip);
-        }
-    };
-}
-
-fn daemon_up(env: &mut Env) -> anyhow::Result<Outcome> {
+fn daemon_up(env: &Env) -> anyhow::Result<Outcome> {
     let out = env.ok(&["vm", "list", "--json"])?;
     let v: Value = serde_json::from_str(&out)?;
     ensure!(
@@ -95,7 +109,7 @@ fn daemon_up(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn image_build(env: &mut Env) -> anyhow::Result<Outcome> {
+fn image_build(env: &Env) -> anyhow::Result<Outcome> {
     if env.image_dir.join("default/manifest.json").exists() {
         return Ok(Outcome::Skip(format!(
             "--keep-image {} already holds the default image; build skipped to save time",
@@ -123,7 +137,7 @@ fn image_build(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn bad_input(env: &mut Env) -> anyhow::Result<Outcome> {
+fn bad_input(env: &Env) -> anyhow::Result<Outcome> {
     for bad in ["Bad", "-dev", "dev-", "a_b", "dev.vm", &"a".repeat(33)] {
         env.fails(
             &["vm", "create", &format!("--name={bad}")],
@@ -154,26 +168,25 @@ fn bad_input(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn create(env: &mut Env) -> anyhow::Result<Outcome> {
-    let t = std::time::Instant::now();
-    env.create(A, &[])?;
-    println!("       create-to-SSH: {:.1}s", t.elapsed().as_secs_f64());
-    let v = env.vm_json(A)?;
+fn create(env: &Env) -> anyhow::Result<Outcome> {
+    const VM: &str = CREATED;
+    let took = env.create_timed(VM, &[])?;
+    note(format!("create-to-SSH: {:.1}s", took.as_secs_f64()));
+    let v = env.vm_json(VM)?;
     ensure!(v["state"] == "running", "state after create: {v}");
     for field in ["name", "state", "ip", "mac", "tap", "vmm", "created_at"] {
         ensure!(!v[field].is_null(), "vm show --json lacks {field}: {v}");
     }
     ensure!(
-        env.links()?.contains(v["tap"].as_str().unwrap_or("?")),
+        env.has_link(v["tap"].as_str().unwrap_or("?"))?,
         "tap missing"
     );
-    env.fails(&["vm", "create", "--name", A], "already exists")?;
-    env.fails(&["vm", "start", A], "running")?;
+    env.fails(&["vm", "create", "--name", VM], "already exists")?;
+    env.fails(&["vm", "start", VM], "running")?;
     Ok(Outcome::Pass)
 }
 
-fn list_show(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
+fn list_show(env: &Env) -> anyhow::Result<Outcome> {
     let table = env.ok(&["vm", "list"])?;
     let row = table
         .lines()
@@ -182,8 +195,13 @@ fn list_show(env: &mut Env) -> anyhow::Result<Outcome> {
     ensure!(row.contains("running"), "row: {row}");
     let list: Value = serde_json::from_str(&env.ok(&["vm", "list", "--json"])?)?;
     let ip = env.vm_json(A)?["ip"].clone();
+    // Other scenarios' VMs may be listed too: the row named A.
+    let listed = list
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["name"] == A))
+        .with_context(|| format!("vm list --json lacks {A}: {list}"))?;
     ensure!(
-        list[0]["ip"] == ip && ip.as_str().is_some_and(|s| s.starts_with("172.30.0.")),
+        listed["ip"] == ip && ip.as_str().is_some_and(|s| s.starts_with("172.30.0.")),
         "ip: {ip}"
     );
     let show = env.ok(&["vm", "show", A])?;
@@ -194,8 +212,7 @@ fn list_show(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn ssh(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
+fn ssh(env: &Env) -> anyhow::Result<Outcome> {
     let out = env.banger(&["vm", "ssh", A, "--", "echo", "from-ssh;", "exit", "5"]);
     ensure!(
         out.status.code() == Some(5),
@@ -228,8 +245,7 @@ fn ssh(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn exec(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
+fn exec(env: &Env) -> anyhow::Result<Outcome> {
     let out = env.banger(&[
         "vm",
         "exec",
@@ -259,8 +275,7 @@ fn exec(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn logs(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
+fn logs(env: &Env) -> anyhow::Result<Outcome> {
     let text = env.ok(&["vm", "logs", A])?;
     ensure!(
         text.contains("Linux version") || text.contains("systemd"),
@@ -270,26 +285,30 @@ fn logs(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn stop_start(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
-    env.sh(A, "echo persisted > /root/marker && sync")?;
-    let ws_before = env.sh(A, "cat /root/repo/README 2>/dev/null || true")?;
-    let tap = env.vm_json(A)?["tap"]
+fn stop_start(env: &Env) -> anyhow::Result<Outcome> {
+    const VM: &str = STOP.name;
+    env.sh(VM, "echo persisted > /root/marker && sync")?;
+    let ws_before = env.sh(VM, "cat /root/repo/README 2>/dev/null || true")?;
+    ensure!(
+        ws_before.contains("uncommitted"),
+        "the VM has no workspace to keep: {ws_before:?}"
+    );
+    let tap = env.vm_json(VM)?["tap"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    env.ok(&["vm", "stop", A])?;
-    ensure!(env.vm_state(A)? == "stopped", "state after stop");
-    env.fails(&["vm", "ports", A], "stopped")?;
-    env.fails(&["vm", "ports", A], "stopped")?;
-    ensure!(!env.vmm_running(A), "VMM still running after stop");
-    ensure!(!env.links()?.contains(&tap), "tap {tap} left after stop");
-    env.fails(&["vm", "stop", A], "stopped")?;
-    env.fails(&["vm", "exec", A, "--", "true"], "stopped")?;
-    env.ok(&["vm", "start", A])?;
-    let got = env.sh(A, "cat /root/marker")?;
+    env.ok(&["vm", "stop", VM])?;
+    ensure!(env.vm_state(VM)? == "stopped", "state after stop");
+    env.fails(&["vm", "ports", VM], "stopped")?;
+    env.fails(&["vm", "ports", VM], "stopped")?;
+    ensure!(!env.vmm_running(VM), "VMM still running after stop");
+    ensure!(!env.has_link(&tap)?, "tap {tap} left after stop");
+    env.fails(&["vm", "stop", VM], "stopped")?;
+    env.fails(&["vm", "exec", VM, "--", "true"], "stopped")?;
+    env.ok(&["vm", "start", VM])?;
+    let got = env.sh(VM, "cat /root/marker")?;
     ensure!(got.trim() == "persisted", "file after restart: {got:?}");
-    let ws_after = env.sh(A, "cat /root/repo/README 2>/dev/null || true")?;
+    let ws_after = env.sh(VM, "cat /root/repo/README 2>/dev/null || true")?;
     ensure!(
         ws_before == ws_after,
         "the workspace changed across stop/start: {ws_before:?} -> {ws_after:?}"
@@ -297,12 +316,12 @@ fn stop_start(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn restart(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
-    let before = env.sh(A, "cat /proc/sys/kernel/random/boot_id")?;
-    env.ok(&["vm", "restart", A])?;
-    ensure!(env.vm_state(A)? == "running", "state after restart");
-    let after = env.sh(A, "cat /proc/sys/kernel/random/boot_id")?;
+fn restart(env: &Env) -> anyhow::Result<Outcome> {
+    const VM: &str = RESTART.name;
+    let before = env.sh(VM, "cat /proc/sys/kernel/random/boot_id")?;
+    env.ok(&["vm", "restart", VM])?;
+    ensure!(env.vm_state(VM)? == "running", "state after restart");
+    let after = env.sh(VM, "cat /proc/sys/kernel/random/boot_id")?;
     ensure!(before.trim() != after.trim(), "boot_id unchanged: {before}");
     let ops = env.ok(&["ops", "--json"])?;
     ensure!(
@@ -312,35 +331,34 @@ fn restart(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn kill(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
-    env.sh(A, "echo survives > /root/killed && sync")?;
-    env.ok(&["vm", "kill", A, "--signal", "KILL"])?;
-    let v = env.vm_json(A)?;
+fn kill(env: &Env) -> anyhow::Result<Outcome> {
+    const VM: &str = KILL.name;
+    env.sh(VM, "echo survives > /root/killed && sync")?;
+    env.ok(&["vm", "kill", VM, "--signal", "KILL"])?;
+    let v = env.vm_json(VM)?;
     ensure!(v["state"] == "stopped", "state after kill: {}", v["state"]);
-    ensure!(!env.vmm_running(A), "VMM alive after kill");
-    let run = env.run_dir.join("vms").join(A);
+    ensure!(!env.vmm_running(VM), "VMM alive after kill");
+    let run = env.run_dir.join("vms").join(VM);
     ensure!(!run.exists(), "runtime files left: {}", run.display());
     ensure!(
-        !env.links()?.contains(v["tap"].as_str().unwrap_or("?")),
+        !env.has_link(v["tap"].as_str().unwrap_or("?"))?,
         "tap left after kill"
     );
     ensure!(
         env.state_dir
             .join("vms")
-            .join(A)
+            .join(VM)
             .join("root.qcow2")
             .exists(),
         "kill lost the disk"
     );
-    env.ok(&["vm", "start", A])?;
-    let got = env.sh(A, "cat /root/killed")?;
+    env.ok(&["vm", "start", VM])?;
+    let got = env.sh(VM, "cat /root/killed")?;
     ensure!(got.trim() == "survives", "data after kill: {got:?}");
     Ok(Outcome::Pass)
 }
 
-fn ssh_config(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
+fn ssh_config(env: &Env) -> anyhow::Result<Outcome> {
     let home = env.dir.join("home");
     let ssh_dir = home.join(".ssh");
     std::fs::create_dir_all(&ssh_dir)?;
@@ -408,40 +426,32 @@ fn ssh_config(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn prune(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
-    // The workspace scenarios' VMs are the victims; one is made if they
-    // did not run.
-    let mut victims: Vec<String> = [RO, FC]
-        .iter()
-        .filter(|v| env.vm_state(v).is_ok())
-        .map(|v| v.to_string())
-        .collect();
-    if victims.is_empty() {
-        env.create(RO, &[])?;
-        victims.push(RO.to_string());
+fn prune(env: &Env) -> anyhow::Result<Outcome> {
+    // Two stopped victims of its own (the first with a workspace) and the
+    // shared running VM, which must survive.
+    let victims = [PRUNE1.name, PRUNE2.name];
+    for v in victims {
+        ensure!(env.vm_state(v)? == "stopped", "victim {v} is not stopped");
     }
-    for v in &victims {
-        if env.vm_state(v)? == "running" {
-            env.ok(&["vm", "stop", v])?;
-        }
-    }
-    let first = victims[0].clone();
-    let b = first.as_str();
+    let b = victims[0];
     let out = env.banger(&["vm", "prune"]);
     ensure!(
         !out.status.success(),
         "prune without -f and without a terminal must refuse"
     );
-    ensure!(
-        env.vm_state(b)? == "stopped",
-        "prune without -f deleted something"
-    );
-    if env.vm_json(b)?["workspace"].is_object() {
-        env.fails(&["workspace", "export", b], "stopped")?;
+    for v in victims {
+        ensure!(
+            env.vm_state(v)? == "stopped",
+            "prune without -f deleted something"
+        );
     }
+    ensure!(
+        env.vm_json(b)?["workspace"].is_object(),
+        "victim {b} has no workspace"
+    );
+    env.fails(&["workspace", "export", b], "stopped")?;
     let deleted = env.ok(&["vm", "prune", "-f"])?;
-    for v in &victims {
+    for v in victims {
         ensure!(
             deleted.lines().any(|l| l == v),
             "prune output lacks {v}: {deleted}"
@@ -451,42 +461,44 @@ fn prune(env: &mut Env) -> anyhow::Result<Outcome> {
         env.vm_state(A)? == "running",
         "prune touched the running VM"
     );
-    env.fails(&["vm", "show", b], "no VM named")?;
-    ensure!(
-        !env.state_dir.join("vms").join(b).exists(),
-        "prune left files"
-    );
+    for v in victims {
+        env.fails(&["vm", "show", v], "no VM named")?;
+        ensure!(
+            !env.state_dir.join("vms").join(v).exists(),
+            "prune left files of {v}"
+        );
+    }
     Ok(Outcome::Pass)
 }
 
-fn delete(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
-    let v = env.vm_json(A)?;
+fn delete(env: &Env) -> anyhow::Result<Outcome> {
+    const VM: &str = DEL.name;
+    let v = env.vm_json(VM)?;
     let tap = v["tap"].as_str().unwrap_or_default().to_string();
-    env.fails(&["vm", "delete", A], "-f")?;
+    env.fails(&["vm", "delete", VM], "-f")?;
     ensure!(
-        env.vm_state(A)? == "running",
+        env.vm_state(VM)? == "running",
         "a refused delete changed the VM"
     );
-    env.ok(&["vm", "delete", "-f", A])?;
-    env.fails(&["vm", "show", A], "no VM named")?;
-    ensure!(!env.vmm_running(A), "VMM left");
-    ensure!(!env.links()?.contains(&tap), "tap left");
+    env.ok(&["vm", "delete", "-f", VM])?;
+    env.fails(&["vm", "show", VM], "no VM named")?;
+    ensure!(!env.vmm_running(VM), "VMM left");
+    ensure!(!env.has_link(&tap)?, "tap left");
     ensure!(
-        !env.state_dir.join("vms").join(A).exists(),
+        !env.state_dir.join("vms").join(VM).exists(),
         "VM directory left"
     );
     ensure!(
-        !env.run_dir.join("vms").join(A).exists(),
+        !env.run_dir.join("vms").join(VM).exists(),
         "runtime directory left"
     );
     let kh = std::fs::read_to_string(env.state_dir.join("ssh/known_hosts"))?;
     ensure!(
-        !kh.contains(&format!("banger-vm:{A}")),
+        !kh.contains(&format!("banger-vm:{VM}")),
         "known_hosts line left"
     );
     ensure!(
-        resolve(env, &format!("{A}.vm"))?.is_none(),
+        resolve(env, &format!("{VM}.vm"))?.is_none(),
         "DNS record left after delete"
     );
     Ok(Outcome::Pass)
@@ -502,8 +514,7 @@ fn resolve(env: &Env, name: &str) -> anyhow::Result<Option<String>> {
     Ok(out.status.success().then_some(first))
 }
 
-fn dns(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
+fn dns(env: &Env) -> anyhow::Result<Outcome> {
     let ip = env.vm_json(A)?["ip"]
         .as_str()
         .unwrap_or_default()
@@ -552,8 +563,7 @@ fn dns(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn ports(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
+fn ports(env: &Env) -> anyhow::Result<Outcome> {
     let v: Value = serde_json::from_str(&env.ok(&["vm", "ports", A, "--json"])?)?;
     let ssh = v
         .as_array()
@@ -583,8 +593,7 @@ fn rules(env: &Env, table: &str, chain: &str, needle: &str) -> anyhow::Result<Ve
         .collect())
 }
 
-fn nat(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
+fn nat(env: &Env) -> anyhow::Result<Outcome> {
     let vm = "smoke-nat";
     env.fails(&["vm", "create", "--name", A, "--nat"], "already exists")?;
     env.create(vm, &["--nat"])?;
@@ -636,49 +645,6 @@ fn nat(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-const RO: &str = "smoke-ro";
-const FC: &str = "smoke-fc";
-
-/// A host repo with history, an uncommitted edit and an untracked file.
-fn host_repo(env: &Env) -> anyhow::Result<(std::path::PathBuf, String)> {
-    let repo = env.dir.join("host-repo");
-    if !repo.exists() {
-        std::fs::create_dir_all(repo.join("src"))?;
-        let git = |args: &[&str]| -> anyhow::Result<String> {
-            let mut full = vec![
-                "git",
-                "-C",
-                repo.to_str().unwrap_or("."),
-                "-c",
-                "user.name=smoke",
-                "-c",
-                "user.email=smoke@banger",
-            ];
-            full.extend_from_slice(args);
-            crate::sh::quiet(&full)
-        };
-        git(&["init", "-q", "-b", "main"])?;
-        std::fs::write(repo.join("README"), "hello from the host\n")?;
-        std::fs::write(repo.join("src/main.c"), "int main(void) { return 0; }\n")?;
-        std::fs::write(repo.join(".gitignore"), "*.o\n")?;
-        git(&["add", "-A"])?;
-        git(&["commit", "-q", "-m", "first"])?;
-        std::fs::write(repo.join("src/main.c"), "int main(void) { return 1; }\n")?;
-        git(&["commit", "-q", "-am", "second"])?;
-        std::fs::write(repo.join("README"), "hello from the host, uncommitted\n")?;
-        std::fs::write(repo.join("notes.txt"), "untracked\n")?;
-        std::fs::write(repo.join("main.o"), "ignored\n")?;
-    }
-    let head = crate::sh::quiet(&[
-        "git",
-        "-C",
-        repo.to_str().unwrap_or("."),
-        "rev-parse",
-        "HEAD",
-    ])?;
-    Ok((repo, head.trim().to_string()))
-}
-
 /// Fingerprint of the host repo that prepare must not change.
 fn repo_fingerprint(
     repo: &std::path::Path,
@@ -697,81 +663,78 @@ fn repo_fingerprint(
     ))
 }
 
-fn ws_overlay(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
-    let (repo, head) = host_repo(env)?;
+fn ws_overlay(env: &Env) -> anyhow::Result<Outcome> {
+    const VM: &str = WS.name;
+    let (repo, head) = env.host_repo(VM)?;
     let repo_s = repo.to_string_lossy().into_owned();
-    env.fails(&["workspace", "export", A], "no workspace")?;
+    env.fails(&["workspace", "export", VM], "no workspace")?;
     env.fails(
         &[
             "workspace",
             "prepare",
-            A,
+            VM,
             "--repo",
             &env.dir.to_string_lossy(),
         ],
         "not a git repository",
     )?;
     let before = repo_fingerprint(&repo)?;
-    env.ok(&["workspace", "prepare", A, "--repo", &repo_s])?;
+    env.ok(&["workspace", "prepare", VM, "--repo", &repo_s])?;
     ensure!(
         repo_fingerprint(&repo)? == before,
         "prepare modified the host repo"
     );
-    let guest_head = env.sh(A, "git -C /root/repo rev-parse HEAD")?;
+    let guest_head = env.sh(VM, "git -C /root/repo rev-parse HEAD")?;
     ensure!(
         guest_head.trim() == head,
         "guest HEAD {guest_head:?} != host {head}"
     );
-    let log = env.sh(A, "git -C /root/repo log --format=%s")?;
+    let log = env.sh(VM, "git -C /root/repo log --format=%s")?;
     ensure!(
         log.lines().collect::<Vec<_>>() == ["second", "first"],
         "history: {log:?}"
     );
-    let readme = env.sh(A, "cat /root/repo/README")?;
+    let readme = env.sh(VM, "cat /root/repo/README")?;
     ensure!(
         readme.contains("uncommitted"),
         "uncommitted edit missing: {readme:?}"
     );
     env.sh(
-        A,
+        VM,
         "test -f /root/repo/notes.txt && test ! -e /root/repo/main.o",
     )?;
-    let fstype = env.sh(A, "findmnt -n -o FSTYPE /root/repo")?;
+    let fstype = env.sh(VM, "findmnt -n -o FSTYPE /root/repo")?;
     ensure!(
         fstype.trim() == "overlay",
         "/root/repo is {fstype:?}, not an overlay"
     );
-    let ws = env.vm_json(A)?["workspace"].clone();
+    let ws = env.vm_json(VM)?["workspace"].clone();
     ensure!(
         ws["mode"] == "overlay" && ws["head"] == head.as_str(),
         "vm show workspace: {ws}"
     );
     env.fails(
-        &["workspace", "prepare", A, "--repo", &repo_s],
+        &["workspace", "prepare", VM, "--repo", &repo_s],
         "already has a workspace",
     )?;
 
     Ok(Outcome::Pass)
 }
 
-fn ws_export_plain(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
-    if env.vm_json(A)?["workspace"].is_null() {
-        return Ok(Outcome::Skip(format!(
-            "{A} has no workspace (the prepare scenario failed)"
-        )));
-    }
-    let (repo, _) = host_repo(env)?;
+fn ws_export_plain(env: &Env) -> anyhow::Result<Outcome> {
+    const VM: &str = EXPORT.name;
+    let ws = env.vm_json(VM)?["workspace"].clone();
+    ensure!(ws["mode"] == "overlay", "{VM}'s fixture workspace: {ws}");
+    let (repo, _) = env.host_repo(VM)?;
     let repo_s = repo.to_string_lossy().into_owned();
     env.fails(&["workspace", "export", "nope"], "no VM named")?;
     env.fails(
-        &["workspace", "export", A, "--base-commit", "nothex"],
+        &["workspace", "export", VM, "--base-commit", "nothex"],
         "not a commit id",
     )?;
     // The guest starts from the host's work tree: a first export is
     // exactly the host's uncommitted state, ignored files left out.
-    let first = env.ok(&["workspace", "export", A])?;
+    let first = env.ok(&["workspace", "export", VM])?;
     ensure!(
         first.contains("+hello from the host, uncommitted")
             && first.contains("notes.txt")
@@ -779,22 +742,22 @@ fn ws_export_plain(env: &mut Env) -> anyhow::Result<Outcome> {
         "first export is not the host's uncommitted state:\n{first}"
     );
     env.sh(
-        A,
+        VM,
         "cd /root/repo && echo 'guest line' >> src/main.c && echo new > added.txt",
     )?;
-    let patch = env.ok(&["workspace", "export", A])?;
+    let patch = env.ok(&["workspace", "export", VM])?;
     ensure!(
         patch.contains("+guest line") && patch.contains("added.txt"),
         "patch lacks the guest's edits:\n{patch}"
     );
-    let index_after = env.sh(A, "git -C /root/repo status --porcelain")?;
+    let index_after = env.sh(VM, "git -C /root/repo status --porcelain")?;
     ensure!(
         index_after.contains("?? added.txt"),
         "export staged files in the guest: {index_after}"
     );
     // The patch applies to a clean checkout of the host's HEAD.
     let file = env.dir.join("plain.patch");
-    env.ok(&["workspace", "export", A, "-o", &file.to_string_lossy()])?;
+    env.ok(&["workspace", "export", VM, "-o", &file.to_string_lossy()])?;
     let clean = env.dir.join("clean-checkout");
     let _ = std::fs::remove_dir_all(&clean);
     crate::sh::quiet(&["git", "clone", "-q", &repo_s, &clean.to_string_lossy()])?;
@@ -813,19 +776,13 @@ fn ws_export_plain(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn ws_base_commit(env: &mut Env) -> anyhow::Result<Outcome> {
-    require_a!(env);
-    let Ok(ws) = env.vm_json(A).map(|v| v["workspace"].clone()) else {
-        return Ok(Outcome::Skip("no VM".into()));
-    };
-    if ws.is_null() {
-        return Ok(Outcome::Skip(format!(
-            "{A} has no workspace (the overlay scenario failed)"
-        )));
-    }
-    let (repo, head) = host_repo(env)?;
-    env.sh(A, "cd /root/repo && echo committed > guest-commit.txt && git add guest-commit.txt && git -c user.name=g -c user.email=g@g commit -q -m 'guest commit'")?;
-    let plain = env.ok(&["workspace", "export", A])?;
+fn ws_base_commit(env: &Env) -> anyhow::Result<Outcome> {
+    const VM: &str = BASE.name;
+    let ws = env.vm_json(VM)?["workspace"].clone();
+    ensure!(ws["mode"] == "overlay", "{VM}'s fixture workspace: {ws}");
+    let (repo, head) = env.host_repo(VM)?;
+    env.sh(VM, "cd /root/repo && echo committed > guest-commit.txt && git add guest-commit.txt && git -c user.name=g -c user.email=g@g commit -q -m 'guest commit'")?;
+    let plain = env.ok(&["workspace", "export", VM])?;
     ensure!(
         !plain.contains("guest-commit.txt"),
         "plain export contains the guest commit"
@@ -834,7 +791,7 @@ fn ws_base_commit(env: &mut Env) -> anyhow::Result<Outcome> {
         &[
             "workspace",
             "export",
-            A,
+            VM,
             "--base-commit",
             "0123456789abcdef0123456789abcdef01234567",
         ],
@@ -844,7 +801,7 @@ fn ws_base_commit(env: &mut Env) -> anyhow::Result<Outcome> {
     env.ok(&[
         "workspace",
         "export",
-        A,
+        VM,
         "--base-commit",
         &head,
         "-o",
@@ -869,9 +826,9 @@ fn ws_base_commit(env: &mut Env) -> anyhow::Result<Outcome> {
     crate::sh::quiet(&["git", "-C", &c, "apply", &full.to_string_lossy()])?;
     let tree = |script: &str| script.to_string();
     let host_tree = crate::sh::quiet(&["sh", "-c", &tree(&format!(
-        "cd '{c}' && export GIT_INDEX_FILE=$(mktemp -u) && git add -A . && git write-tree && rm -f $GIT_INDEX_FILE"
+        "cd '{c}' && export GIT_INDEX_FILE=$(mktemp -u) && git add -VM . && git write-tree && rm -f $GIT_INDEX_FILE"
     ))])?;
-    let guest_tree = env.sh(A, "cd /root/repo && export GIT_INDEX_FILE=$(mktemp -u) && git add -A . && git write-tree && rm -f $GIT_INDEX_FILE")?;
+    let guest_tree = env.sh(VM, "cd /root/repo && export GIT_INDEX_FILE=$(mktemp -u) && git add -VM . && git write-tree && rm -f $GIT_INDEX_FILE")?;
     ensure!(
         host_tree.trim() == guest_tree.trim(),
         "trees differ: host {host_tree} guest {guest_tree}"
@@ -879,81 +836,144 @@ fn ws_base_commit(env: &mut Env) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-/// The two extra VMs of the workspace-mode scenarios, booted together.
-fn extra_vms(env: &mut Env) -> anyhow::Result<()> {
-    let missing: Vec<&str> = [RO, FC]
-        .into_iter()
-        .filter(|v| env.vm_state(v).is_err())
-        .collect();
-    if !missing.is_empty() {
-        env.create_parallel(&missing)?;
-    }
-    Ok(())
-}
-
-fn ws_readonly(env: &mut Env) -> anyhow::Result<Outcome> {
-    let (repo, _) = host_repo(env)?;
-    extra_vms(env)?;
+fn ws_readonly(env: &Env) -> anyhow::Result<Outcome> {
+    const VM: &str = RO.name;
+    let (repo, _) = env.host_repo(VM)?;
     env.ok(&[
         "workspace",
         "prepare",
-        RO,
+        VM,
         "--repo",
         &repo.to_string_lossy(),
         "--readonly",
     ])?;
     let writable = env.sh(
-        RO,
+        VM,
         "find /root/repo -mindepth 1 ! -type l -perm /222 | head -5",
     )?;
     ensure!(
         writable.trim().is_empty(),
         "entries with write bits:\n{writable}"
     );
-    let mode = env.sh(RO, "stat -c %a /root/repo/README /root/repo/src")?;
+    let mode = env.sh(VM, "stat -c %a /root/repo/README /root/repo/src")?;
     ensure!(
         mode.split_whitespace().collect::<Vec<_>>() == ["444", "555"],
         "modes: {mode:?}"
     );
     ensure!(
-        env.vm_json(RO)?["workspace"]["readonly"] == true,
+        env.vm_json(VM)?["workspace"]["readonly"] == true,
         "vm show does not record readonly"
     );
     Ok(Outcome::Pass)
 }
 
-fn ws_full_copy(env: &mut Env) -> anyhow::Result<Outcome> {
-    let (repo, head) = host_repo(env)?;
-    extra_vms(env)?;
+fn ws_full_copy(env: &Env) -> anyhow::Result<Outcome> {
+    const VM: &str = FC.name;
+    let (repo, head) = env.host_repo(VM)?;
     env.ok(&[
         "workspace",
         "prepare",
-        FC,
+        VM,
         "--repo",
         &repo.to_string_lossy(),
         "--mode",
         "full_copy",
     ])?;
     let got = env.sh(
-        FC,
+        VM,
         "cat /root/repo/README; git -C /root/repo rev-parse HEAD",
     )?;
     ensure!(
         got.contains("uncommitted") && got.contains(&head),
         "repo contents: {got:?}"
     );
-    let mounted = env.banger(&["vm", "exec", FC, "--", "findmnt", "/root/repo"]);
+    let mounted = env.banger(&["vm", "exec", VM, "--", "findmnt", "/root/repo"]);
     ensure!(
         !mounted.status.success(),
         "full_copy must not mount anything at /root/repo"
     );
-    let fs = env.sh(FC, "findmnt -n -o TARGET --target /root/repo")?;
+    let fs = env.sh(VM, "findmnt -n -o TARGET --target /root/repo")?;
     ensure!(
         fs.trim() == "/",
         "/root/repo is not on the root filesystem: {fs:?}"
     );
-    env.sh(FC, "echo edit >> /root/repo/README")?;
-    let patch = env.ok(&["workspace", "export", FC])?;
+    env.sh(VM, "echo edit >> /root/repo/README")?;
+    let patch = env.ok(&["workspace", "export", VM])?;
     ensure!(patch.contains("+edit"), "full_copy export: {patch}");
     Ok(Outcome::Pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names CI and people know; a scenario is never renamed.
+    const NAMES: [&str; 22] = [
+        "daemon up",
+        "image build",
+        "bad input is refused without side effects",
+        "vm create",
+        "vm list and show",
+        "vm ssh: strict pinned host key, exit code passes",
+        "vm exec streams output, exit code passes",
+        "vm logs show the boot",
+        "workspace prepare (default overlay mode)",
+        "workspace export (plain) of uncommitted edits",
+        "workspace export --base-commit includes guest commits",
+        "vm stop/start keeps guest data",
+        "vm restart gives a fresh boot_id",
+        "vm kill --signal KILL ends stopped and clean",
+        "dns resolves NAME.vm, also after a daemon restart",
+        "vm ports shows sshd at NAME.vm:22",
+        "nat rule: scoped, idempotent across stop/start, removed on delete",
+        "ssh-config --install/--uninstall",
+        "workspace prepare --readonly drops every write bit",
+        "workspace prepare --mode full_copy",
+        "vm prune -f keeps running VMs",
+        "vm delete leaves nothing behind",
+    ];
+
+    #[test]
+    fn names_are_kept() {
+        let names: Vec<&str> = ALL.iter().map(|s| s.name).collect();
+        assert_eq!(names, NAMES);
+        for a in ALWAYS {
+            assert!(names.contains(a), "{a}");
+        }
+    }
+
+    #[test]
+    fn only_the_shared_vm_is_shared() {
+        let mut seen: Vec<(&VmSpec, &str)> = Vec::new();
+        let mut made: Vec<&str> = Vec::new();
+        for s in ALL {
+            if s.when == super::super::When::First {
+                assert!(s.vms.is_empty() && s.makes.is_empty(), "{}", s.name);
+            }
+            for spec in s.vms {
+                assert!(banger_name(spec.name), "{}", spec.name);
+                if let Some((other, by)) = seen.iter().find(|(k, _)| k.name == spec.name) {
+                    assert_eq!(*other, *spec, "{} is declared two ways", spec.name);
+                    assert_eq!(spec.name, SHARED.name, "{} and {by} share a VM", s.name);
+                }
+                seen.push((spec, s.name));
+            }
+            for vm in s.makes {
+                assert!(banger_name(vm), "{vm}");
+                assert!(!made.contains(vm), "{vm} is made twice");
+                made.push(vm);
+            }
+        }
+        for vm in &made {
+            assert!(seen.iter().all(|(k, _)| k.name != *vm), "{vm}");
+        }
+    }
+
+    fn banger_name(n: &str) -> bool {
+        (1..=32).contains(&n.len())
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !n.starts_with('-')
+            && !n.ends_with('-')
+    }
 }
