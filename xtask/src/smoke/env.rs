@@ -27,9 +27,13 @@ pub const GATEWAY: &str = "172.30.0.1";
 /// VM boots that may run at once (the suite's machines have 2 cores).
 pub const BOOT_SLOTS: usize = 2;
 
-/// A VM as a scenario needs it. Scenarios that merely use a VM share one
-/// spec (and so one VM); a scenario that stops, kills, restarts or deletes
-/// a VM has a spec of its own.
+/// A VM as a scenario needs it. A scenario has the VMs it declares to
+/// itself while it runs, except a `shared` one: its users run at the same
+/// time, so none of them may change its state. A scenario that stops,
+/// kills, restarts, prunes or deletes a VM, or edits its workspace, holds
+/// it alone and leaves it as the spec says, or has it to itself for good
+/// (a later phase may then take it over with a spec of its own: `vm
+/// prune` takes the stopped workspace VMs, `vm delete` the created one).
 #[derive(Debug, PartialEq, Eq)]
 pub struct VmSpec {
     pub name: &'static str,
@@ -41,6 +45,8 @@ pub struct VmSpec {
     pub workspace: Option<&'static [&'static str]>,
     /// Whether the scenario starts from a stopped VM.
     pub stopped: bool,
+    /// Whether several scenarios may use it at once.
+    pub shared: bool,
 }
 
 impl VmSpec {
@@ -51,6 +57,7 @@ impl VmSpec {
             create: &[],
             workspace: None,
             stopped: false,
+            shared: false,
         }
     }
 
@@ -66,6 +73,14 @@ impl VmSpec {
     pub const fn stopped(self) -> VmSpec {
         VmSpec {
             stopped: true,
+            ..self
+        }
+    }
+
+    /// The same, used by several scenarios at once.
+    pub const fn shared(self) -> VmSpec {
+        VmSpec {
+            shared: true,
             ..self
         }
     }

@@ -26,7 +26,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use anyhow::bail;
@@ -167,18 +167,71 @@ fn select(filter: Option<&str>) -> Vec<&'static Scenario> {
         .collect()
 }
 
-/// The fixtures `chosen` declare, each once, in the order they are first
-/// needed.
-fn fixtures<'a>(chosen: impl Iterator<Item = &'a Scenario>) -> Vec<&'static VmSpec> {
+/// The VMs to make ahead for `chosen`: each declared VM once, as the
+/// first scenario to need it declares it, in that order; not the VMs a
+/// scenario makes itself (making them ahead would make its create fail).
+fn fixtures<'a>(chosen: impl Iterator<Item = &'a Scenario> + Clone) -> Vec<&'static VmSpec> {
+    let made: Vec<&str> = chosen
+        .clone()
+        .flat_map(|s| s.makes.iter().copied())
+        .collect();
     let mut specs: Vec<&'static VmSpec> = Vec::new();
     for s in chosen {
         for spec in s.vms {
-            if !specs.iter().any(|k| k.name == spec.name) {
+            if !made.contains(&spec.name) && !specs.iter().any(|k| k.name == spec.name) {
                 specs.push(spec);
             }
         }
     }
     specs
+}
+
+/// Who holds which VM in the middle phase.
+#[derive(Default)]
+struct Board {
+    /// Scenarios not started yet, in order.
+    queue: VecDeque<&'static Scenario>,
+    /// VM name: how many hold it shared, or `None` when one holds it alone.
+    held: std::collections::HashMap<&'static str, Option<usize>>,
+}
+
+impl Board {
+    fn free_for(&self, specs: &[&VmSpec]) -> bool {
+        specs.iter().all(|v| match self.held.get(v.name) {
+            None => true,
+            Some(Some(_)) => v.shared,
+            Some(None) => false,
+        })
+    }
+
+    fn hold(&mut self, specs: &[&'static VmSpec]) {
+        for v in specs {
+            let e = self.held.entry(v.name).or_insert(Some(0));
+            *e = if v.shared { e.map(|n| n + 1) } else { None };
+        }
+    }
+
+    fn release(&mut self, specs: &[&'static VmSpec]) {
+        for v in specs {
+            match self.held.get(v.name).copied().flatten() {
+                Some(n) if n > 1 => {
+                    self.held.insert(v.name, Some(n - 1));
+                }
+                _ => {
+                    self.held.remove(v.name);
+                }
+            }
+        }
+    }
+
+    /// The first waiting scenario whose VMs are free, taken off the queue
+    /// with its VMs held.
+    fn next(&mut self) -> Option<&'static Scenario> {
+        let i = self.queue.iter().position(|s| self.free_for(s.vms))?;
+        let s = self.queue.remove(i)?;
+        self.hold(s.vms);
+        Some(s)
+    }
 }
 
 /// Runs the suite; the caller prints the summary.
@@ -225,7 +278,11 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
             env::BOOT_SLOTS
         );
     }
-    let queue = Mutex::new(VecDeque::from(together));
+    let board = Mutex::new(Board {
+        queue: VecDeque::from(together),
+        ..Board::default()
+    });
+    let changed = Condvar::new();
     let wanted = Mutex::new(VecDeque::from(specs));
     std::thread::scope(|scope| {
         for _ in 0..env::BOOT_SLOTS {
@@ -233,19 +290,41 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
                 let Some(spec) = lock(&wanted).pop_front() else {
                     break;
                 };
+                {
+                    let mut b = lock(&board);
+                    if !b.free_for(&[spec]) {
+                        // A scenario holds it and makes it itself.
+                        continue;
+                    }
+                    b.hold(&[spec]);
+                }
                 // A failure here is the scenario's to report: it asks the
                 // fixture again and gets the error.
                 if let Err(e) = env.vm(spec) {
                     eprintln!("--- making {} failed: {e:#}", spec.name);
                 }
+                lock(&board).release(&[spec]);
+                changed.notify_all();
             });
         }
         for _ in 0..WORKERS {
             scope.spawn(|| loop {
-                let Some(s) = lock(&queue).pop_front() else {
-                    break;
+                let s = {
+                    let mut b = lock(&board);
+                    loop {
+                        if b.queue.is_empty() {
+                            break None;
+                        }
+                        if let Some(s) = b.next() {
+                            break Some(s);
+                        }
+                        b = changed.wait(b).unwrap_or_else(PoisonError::into_inner);
+                    }
                 };
+                let Some(s) = s else { break };
                 run_one(&env, s, &summary);
+                lock(&board).release(s.vms);
+                changed.notify_all();
             });
         }
     });
@@ -261,9 +340,7 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
         crate::coverage::print(&table, opts.baseline.as_deref())?;
         println!("coverage written to {}", out.display());
     }
-    Ok(summary
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner))
+    Ok(summary.into_inner().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// Runs one scenario: obtains its VMs, runs it, prints its report in one
@@ -272,11 +349,29 @@ fn run_one(env: &Env, s: &Scenario, summary: &Mutex<Summary>) {
     eprintln!("--- {}", s.name);
     NOTES.with(|n| n.borrow_mut().clear());
     let t = Instant::now();
-    let mut got = Vec::new();
-    let ready: anyhow::Result<()> = s.vms.iter().try_for_each(|spec| {
-        got.push(format!("{} {}", spec.name, env.vm(spec)?));
-        Ok(())
+    // Several VMs are made at once.
+    let made: Vec<anyhow::Result<String>> = std::thread::scope(|scope| {
+        let jobs: Vec<_> = s
+            .vms
+            .iter()
+            .map(|spec| scope.spawn(|| env.vm(spec)))
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the fixture panicked")))
+            })
+            .collect()
     });
+    let mut got = Vec::new();
+    let mut ready = Ok(());
+    for (spec, m) in s.vms.iter().zip(made) {
+        match m {
+            Ok(how) => got.push(format!("{} {how}", spec.name)),
+            Err(e) if ready.is_ok() => ready = Err(e.context(format!("making {}", spec.name))),
+            Err(_) => {}
+        }
+    }
     let waited = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let result = ready.and_then(|()| {

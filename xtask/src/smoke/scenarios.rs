@@ -30,9 +30,9 @@ pub const ALL: &[Scenario] = &[
         ws_base_commit,
     )
     .vms(&[&BASE]),
-    Scenario::together("vm stop/start keeps guest data", stop_start).vms(&[&STOP]),
-    Scenario::together("vm restart gives a fresh boot_id", restart).vms(&[&RESTART]),
-    Scenario::together("vm kill --signal KILL ends stopped and clean", kill).vms(&[&KILL]),
+    Scenario::together("vm stop/start keeps guest data", stop_start).vms(&[&LIFE]),
+    Scenario::together("vm restart gives a fresh boot_id", restart).vms(&[&LIFE]),
+    Scenario::together("vm kill --signal KILL ends stopped and clean", kill).vms(&[&LIFE]),
     // Restarts the daemon: nothing else may talk to it meanwhile.
     Scenario::last("dns resolves NAME.vm, also after a daemon restart", dns).vms(&[&SHARED]),
     Scenario::together("vm ports shows sshd at NAME.vm:22", ports).vms(&[&SHARED]),
@@ -50,7 +50,7 @@ pub const ALL: &[Scenario] = &[
     .vms(&[&RO]),
     Scenario::together("workspace prepare --mode full_copy", ws_full_copy).vms(&[&FC]),
     // Deletes every VM that is not running: others' VMs stop for a while.
-    Scenario::last("vm prune -f keeps running VMs", prune).vms(&[&SHARED, &PRUNE1, &PRUNE2]),
+    Scenario::last("vm prune -f keeps running VMs", prune).vms(&[&SHARED, &PRUNE_RO, &PRUNE_FC]),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
 ];
@@ -59,28 +59,30 @@ pub const ALL: &[Scenario] = &[
 /// its own (the first `vm create` would otherwise build it unseen).
 pub const ALWAYS: &[&str] = &["image build"];
 
-/// The shared VM: running, no workspace; its users leave it so.
-const SHARED: VmSpec = VmSpec::running("smoke-a");
+/// The shared VM: running, no workspace; its users only look at it.
+const SHARED: VmSpec = VmSpec::running("smoke-a").shared();
 const A: &str = SHARED.name;
-/// Made by `vm create` itself.
+/// Made by `vm create` itself; `vm delete` takes it over.
 const CREATED: &str = "smoke-create";
 /// Made by `nat` itself, with `--nat`.
 const NAT: &str = "smoke-nat";
 const WS: VmSpec = VmSpec::running("smoke-ws");
 const EXPORT: VmSpec = VmSpec::running("smoke-export").with_workspace(&[]);
 const BASE: VmSpec = VmSpec::running("smoke-base").with_workspace(&[]);
-/// With a workspace, which must survive the stop.
-const STOP: VmSpec = VmSpec::running("smoke-stop").with_workspace(&[]);
-const RESTART: VmSpec = VmSpec::running("smoke-restart");
-const KILL: VmSpec = VmSpec::running("smoke-kill");
+/// Stopped, restarted and killed in turn, by one scenario at a time, each
+/// leaving it running; its workspace must survive the stop.
+const LIFE: VmSpec = VmSpec::running("smoke-life").with_workspace(&[]);
 const RO: VmSpec = VmSpec::running("smoke-ro");
 const FC: VmSpec = VmSpec::running("smoke-fc");
-/// Prune's victims; the first has a workspace (export must refuse it).
-const PRUNE1: VmSpec = VmSpec::running("smoke-prune-1")
+/// Prune's victims: the workspace-mode VMs (made so when they did not run).
+const PRUNE_RO: VmSpec = VmSpec::running("smoke-ro")
     .with_workspace(&["--readonly"])
     .stopped();
-const PRUNE2: VmSpec = VmSpec::running("smoke-prune-2").stopped();
-const DEL: VmSpec = VmSpec::running("smoke-del");
+const PRUNE_FC: VmSpec = VmSpec::running("smoke-fc")
+    .with_workspace(&["--mode", "full_copy"])
+    .stopped();
+/// The VM `vm delete` deletes: the one `vm create` made.
+const DEL: VmSpec = VmSpec::running(CREATED);
 
 fn daemon_up(env: &Env) -> anyhow::Result<Outcome> {
     let out = env.ok(&["vm", "list", "--json"])?;
@@ -286,7 +288,7 @@ fn logs(env: &Env) -> anyhow::Result<Outcome> {
 }
 
 fn stop_start(env: &Env) -> anyhow::Result<Outcome> {
-    const VM: &str = STOP.name;
+    const VM: &str = LIFE.name;
     env.sh(VM, "echo persisted > /root/marker && sync")?;
     let ws_before = env.sh(VM, "cat /root/repo/README 2>/dev/null || true")?;
     ensure!(
@@ -317,7 +319,7 @@ fn stop_start(env: &Env) -> anyhow::Result<Outcome> {
 }
 
 fn restart(env: &Env) -> anyhow::Result<Outcome> {
-    const VM: &str = RESTART.name;
+    const VM: &str = LIFE.name;
     let before = env.sh(VM, "cat /proc/sys/kernel/random/boot_id")?;
     env.ok(&["vm", "restart", VM])?;
     ensure!(env.vm_state(VM)? == "running", "state after restart");
@@ -332,7 +334,7 @@ fn restart(env: &Env) -> anyhow::Result<Outcome> {
 }
 
 fn kill(env: &Env) -> anyhow::Result<Outcome> {
-    const VM: &str = KILL.name;
+    const VM: &str = LIFE.name;
     env.sh(VM, "echo survives > /root/killed && sync")?;
     env.ok(&["vm", "kill", VM, "--signal", "KILL"])?;
     let v = env.vm_json(VM)?;
@@ -427,9 +429,9 @@ fn ssh_config(env: &Env) -> anyhow::Result<Outcome> {
 }
 
 fn prune(env: &Env) -> anyhow::Result<Outcome> {
-    // Two stopped victims of its own (the first with a workspace) and the
-    // shared running VM, which must survive.
-    let victims = [PRUNE1.name, PRUNE2.name];
+    // Two stopped victims (the first with a workspace) and the shared
+    // running VM, which must survive.
+    let victims = [PRUNE_RO.name, PRUNE_FC.name];
     for v in victims {
         ensure!(env.vm_state(v)? == "stopped", "victim {v} is not stopped");
     }
@@ -905,6 +907,7 @@ fn ws_full_copy(env: &Env) -> anyhow::Result<Outcome> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::When;
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
@@ -942,30 +945,53 @@ mod tests {
         }
     }
 
+    fn phase(w: When) -> u8 {
+        match w {
+            When::First => 0,
+            When::Together => 1,
+            When::Last => 2,
+        }
+    }
+
+    /// Users of one VM in one phase agree on what it is; a later phase may
+    /// take a VM over with a spec of its own; a VM a scenario makes itself
+    /// is no earlier or concurrent scenario's fixture.
     #[test]
-    fn only_the_shared_vm_is_shared() {
-        let mut seen: Vec<(&VmSpec, &str)> = Vec::new();
-        let mut made: Vec<&str> = Vec::new();
+    fn vms_are_declared_consistently() {
+        let mut made: Vec<(&str, u8)> = Vec::new();
         for s in ALL {
-            if s.when == super::super::When::First {
+            let p = phase(s.when);
+            if s.when == When::First {
                 assert!(s.vms.is_empty() && s.makes.is_empty(), "{}", s.name);
-            }
-            for spec in s.vms {
-                assert!(banger_name(spec.name), "{}", spec.name);
-                if let Some((other, by)) = seen.iter().find(|(k, _)| k.name == spec.name) {
-                    assert_eq!(*other, *spec, "{} is declared two ways", spec.name);
-                    assert_eq!(spec.name, SHARED.name, "{} and {by} share a VM", s.name);
-                }
-                seen.push((spec, s.name));
             }
             for vm in s.makes {
                 assert!(banger_name(vm), "{vm}");
-                assert!(!made.contains(vm), "{vm} is made twice");
-                made.push(vm);
+                assert!(made.iter().all(|(m, _)| m != vm), "{vm} is made twice");
+                made.push((vm, p));
             }
         }
-        for vm in &made {
-            assert!(seen.iter().all(|(k, _)| k.name != *vm), "{vm}");
+        for s in ALL {
+            for spec in s.vms {
+                assert!(banger_name(spec.name), "{}", spec.name);
+                for t in ALL.iter().filter(|t| t.when == s.when) {
+                    for other in t.vms.iter().filter(|o| o.name == spec.name) {
+                        assert_eq!(*other, *spec, "{} and {} disagree", s.name, t.name);
+                    }
+                }
+                for (m, mp) in &made {
+                    assert!(
+                        *m != spec.name || *mp < phase(s.when),
+                        "{} uses {m}, which another scenario makes",
+                        s.name
+                    );
+                }
+            }
+        }
+        // The shared VM is the only one scenarios use at the same time.
+        for s in ALL {
+            for spec in s.vms {
+                assert_eq!(spec.shared, spec.name == A, "{}", spec.name);
+            }
         }
     }
 
