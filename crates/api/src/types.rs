@@ -63,6 +63,9 @@ pub struct VmInfo {
     pub tap: String,
     pub slot: u32,
     pub vmm: String,
+    /// How the root disk is made over the image (`qcow2`, `copy`, ...).
+    #[serde(default)]
+    pub disk_strategy: String,
     pub cpus: u32,
     pub memory_mib: u32,
     pub disk_gib: u32,

@@ -80,7 +80,7 @@ pub fn vm_details(v: &VmInfo) {
         ("vmm", v.vmm.clone()),
         ("cpus", v.cpus.to_string()),
         ("memory", format!("{} MiB", v.memory_mib)),
-        ("disk", format!("{} GiB", v.disk_gib)),
+        ("disk", format!("{} GiB ({})", v.disk_gib, v.disk_strategy)),
         ("image", v.image.clone()),
         ("nat", v.nat.to_string()),
         ("created", age(v.created_at)),

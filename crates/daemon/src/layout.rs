@@ -49,8 +49,9 @@ impl Layout {
     pub fn vm_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("vms").join(name)
     }
-    pub fn vm_disk(&self, name: &str) -> PathBuf {
-        self.vm_dir(name).join("root.qcow2")
+    /// The root disk, named for its strategy (`root.qcow2`, `root.img`, ...).
+    pub fn vm_disk(&self, name: &str, strategy: crate::disk::Strategy) -> PathBuf {
+        self.vm_dir(name).join(strategy.file_name())
     }
     pub fn vm_config_drive(&self, name: &str) -> PathBuf {
         self.vm_dir(name).join("config.img")

@@ -8,6 +8,8 @@ pub mod dns;
 mod errors;
 pub mod ext4;
 pub mod guest;
+pub mod host;
+pub mod hosterror;
 pub mod hostnat;
 pub mod hostnet;
 pub mod image;
@@ -105,15 +107,17 @@ fn group_id(name: &str) -> Option<u32> {
 /// are logged: VMs still work by IP without DNS.
 async fn start_dns(svc: &Arc<VmService>) -> Option<tokio::task::JoinHandle<()>> {
     let cfg = &svc.cfg;
-    if let Err(e) = hostnet::bridge::ensure(&cfg.bridge, &cfg.subnet) {
+    let (net, bridge, subnet) = (svc.host.net.clone(), cfg.bridge.clone(), cfg.subnet);
+    let bridged = vm::service::blocking(move || net.ensure_bridge(&bridge, &subnet)).await;
+    if let Err(e) = bridged {
         tracing::warn!(
             "cannot set up bridge {}: {e}; DNS for .vm is off",
             cfg.bridge
         );
         return None;
     }
-    if let Err(e) = svc.ensure_isolation(false) {
-        tracing::warn!("{}", e.message);
+    if let Err(e) = svc.ensure_isolation(false).await {
+        tracing::warn!("{e}");
     }
     if cfg.dns_port == 0 {
         return None;
@@ -161,19 +165,17 @@ pub async fn run(
     guest::ssh::ensure_client_key(l)?;
     guest::ssh::write_ssh_config(l)?;
     let store = Arc::new(store::Store::open(&l.database())?);
-    let svc = VmService::new(cfg, store);
+    let host = host::system::host(&cfg.layout, cfg.accel);
+    let svc = VmService::new(cfg, host, store);
     let _dns = start_dns(&svc).await;
-    vm::reconcile::reconcile(&svc);
-    {
-        let svc = svc.clone();
-        tokio::task::spawn_blocking(move || svc.probe_accel_early());
-    }
+    vm::reconcile::reconcile(&svc).await;
+    svc.probe_backends_early();
     let housekeeping = {
         let svc = svc.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                svc.refresh_all();
+                svc.refresh_all().await;
                 svc.cap_console_logs(CONSOLE_LOG_MAX);
             }
         })

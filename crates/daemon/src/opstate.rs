@@ -139,9 +139,10 @@ impl Op {
         }
     }
 
-    /// Records the outcome; the VMs are released when `self` drops.
-    pub fn finish<T>(self, result: &Result<T, ApiError>) {
-        let error = result.as_ref().err().map(|e| e.message.as_str());
+    /// Records the outcome; the VMs are released when the operation drops.
+    pub fn finish<T, E: std::fmt::Display>(&self, result: &Result<T, E>) {
+        let message = result.as_ref().err().map(|e| e.to_string());
+        let error = message.as_deref();
         match error {
             None => tracing::info!(op = %self.id, "operation succeeded"),
             Some(e) => tracing::warn!(op = %self.id, "operation failed: {e}"),
@@ -186,7 +187,8 @@ mod tests {
         assert_eq!(err.code, ErrorCode::Busy);
         assert!(err.message.contains(&op.id), "{}", err.message);
         assert!(t.begin("vm_start", &["other"], None).is_ok());
-        op.finish::<()>(&Ok(()));
+        op.finish::<(), ApiError>(&Ok(()));
+        drop(op);
         assert!(!t.is_held("dev"));
         assert!(t.begin("vm_start", &["dev"], None).is_ok());
     }
@@ -209,7 +211,7 @@ mod tests {
         let ops = store.list_ops(5).unwrap();
         assert_eq!((ops[0].phase.as_str(), ops[0].progress), ("boot", 40));
         assert!(matches!(rx.try_recv(), Ok(Event::Progress(p)) if p.phase == "boot"));
-        op.finish::<()>(&Err(ApiError::internal("disk full")));
+        op.finish::<(), ApiError>(&Err(ApiError::internal("disk full")));
         let ops = store.list_ops(5).unwrap();
         assert_eq!(ops[0].id, id);
         assert_eq!(ops[0].state, OpState::Failed);

@@ -5,13 +5,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use banger_api::{ApiError, ErrorCode, Event, Request, SshInfo};
+use banger_api::{ApiError, ErrorCode, Event, Request};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::guest::ssh;
-use crate::image::catalog;
 use crate::opstate::Sink;
 use crate::vm::VmService;
 use crate::workspace::ops::PrepareRequest;
@@ -42,7 +41,10 @@ pub async fn serve(
 }
 
 async fn handle_connection(stream: UnixStream, svc: Arc<VmService>) {
-    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else {
+        tracing::warn!("a connection without peer credentials; dropped");
+        return;
+    };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST);
@@ -52,10 +54,10 @@ async fn handle_connection(stream: UnixStream, svc: Arc<VmService>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
-            tracing::debug!(?uid, ?req, "request");
+            tracing::debug!(uid, ?req, "request");
             let sink = tx.clone();
             tokio::spawn(async move {
-                let event = match dispatch(&svc, req, sink.clone()).await {
+                let event = match dispatch(&svc, req, uid, sink.clone()).await {
                     Ok(v) => Event::Ok(v),
                     Err(e) => Event::Error(e),
                 };
@@ -83,14 +85,20 @@ fn to_value<T: serde::Serialize>(v: T) -> Result<Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// Runs one request.
-pub async fn dispatch(svc: &Arc<VmService>, req: Request, sink: Sink) -> Result<Value, ApiError> {
+/// Runs one request: decode was done, the service decides, the answer is
+/// encoded. No business rule lives here.
+pub async fn dispatch(
+    svc: &Arc<VmService>,
+    req: Request,
+    caller_uid: u32,
+    sink: Sink,
+) -> Result<Value, ApiError> {
     let sink = Some(sink);
     match req {
         Request::Ping => {
             Ok(json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}))
         }
-        Request::VmCreate { spec } => to_value(svc.create(spec, sink).await?),
+        Request::VmCreate { spec } => to_value(svc.create(spec, caller_uid, sink).await?),
         Request::VmStart { name } => to_value(svc.start(&name, sink).await?),
         Request::VmStop { name } => to_value(svc.stop(&name, sink).await?),
         Request::VmRestart { name } => to_value(svc.restart(&name, sink).await?),
@@ -100,32 +108,10 @@ pub async fn dispatch(svc: &Arc<VmService>, req: Request, sink: Sink) -> Result<
             Ok(json!({"deleted": name}))
         }
         Request::VmPrune { dry_run } => to_value(svc.prune(dry_run, sink).await?),
-        Request::VmList => to_value(svc.list()?),
-        Request::VmShow { name } => to_value(svc.show(&name)?),
-        Request::VmSsh { name } => {
-            let vm = svc.show(&name)?;
-            if vm.state != banger_api::VmState::Running {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidState,
-                    format!(
-                        "VM {name:?} is {}; start it with `banger vm start {name}`",
-                        vm.state
-                    ),
-                ));
-            }
-            let l = svc.layout();
-            to_value(SshInfo {
-                ip: vm.ip,
-                user: "root".into(),
-                identity_file: l.client_key().display().to_string(),
-                known_hosts: l.known_hosts().display().to_string(),
-                config_file: l.ssh_config().display().to_string(),
-            })
-        }
-        Request::VmLogPath { name } => {
-            let _ = svc.show(&name)?;
-            Ok(json!({"path": svc.layout().vm_console_log(&name)}))
-        }
+        Request::VmList => to_value(svc.list().await?),
+        Request::VmShow { name } => to_value(svc.show(&name).await?),
+        Request::VmSsh { name } => to_value(svc.ssh_info(&name).await?),
+        Request::VmLogPath { name } => Ok(json!({"path": svc.console_log_path(&name)?})),
         Request::VmPorts { name } => to_value(svc.ports(&name).await?),
         Request::WorkspacePrepare {
             name,
@@ -155,42 +141,10 @@ pub async fn dispatch(svc: &Arc<VmService>, req: Request, sink: Sink) -> Result<
                 .await?;
             Ok(json!({"bytes": patch.len(), "patch_base64": BASE64.encode(&patch)}))
         }
-        Request::ImageBuild { name } => {
-            banger_api::validate_image_name(&name)?;
-            let op = svc.ops.begin("image_build", &[], sink)?;
-            let result = svc.build_image(&op, &name).await;
-            op.finish(&result);
-            result?;
-            let info = catalog::info(&svc.layout().image(&name))
-                .ok_or_else(|| ApiError::internal("the image build left no manifest"))?;
-            to_value(info)
-        }
-        Request::ImageList => to_value(catalog::list(svc.layout())?),
+        Request::ImageBuild { name } => to_value(svc.image_build(&name, sink).await?),
+        Request::ImageList => to_value(svc.image_list()?),
         Request::ImageRm { name } => {
-            banger_api::validate_image_name(&name)?;
-            let paths = svc.layout().image(&name);
-            if !paths.dir.exists() {
-                return Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("no image named {name:?}; `banger image list` shows the images"),
-                ));
-            }
-            let users: Vec<String> = svc
-                .list()?
-                .into_iter()
-                .filter(|v| v.image == name)
-                .map(|v| v.name)
-                .collect();
-            if !users.is_empty() {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidState,
-                    format!(
-                        "image {name:?} is the base of VM(s) {}; delete them first",
-                        users.join(", ")
-                    ),
-                ));
-            }
-            catalog::remove(&paths)?;
+            svc.image_rm(&name)?;
             Ok(json!({"removed": name}))
         }
         Request::OpList => to_value(svc.store.list_ops(50)?),

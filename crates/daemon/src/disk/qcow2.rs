@@ -3,17 +3,21 @@
 use crate::pathio::FromPathIo;
 use std::path::Path;
 
-use super::{CowDisk, DiskError};
+use super::{CowDisk, DiskError, Strategy};
 use crate::cmd;
+use crate::vmm::DiskFormat;
 
 pub struct Qcow2;
 
 impl CowDisk for Qcow2 {
-    fn name(&self) -> &'static str {
-        "qcow2"
+    fn strategy(&self) -> Strategy {
+        Strategy::Qcow2
     }
-    fn format(&self) -> &'static str {
-        "qcow2"
+    fn format(&self) -> DiskFormat {
+        DiskFormat::Qcow2
+    }
+    fn available(&self, _dir: &Path) -> bool {
+        cmd::which("qemu-img").is_some()
     }
     fn create(&self, base: &Path, dest: &Path, size_gib: u32) -> Result<(), DiskError> {
         if dest.exists() {

@@ -7,16 +7,17 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::{CowDisk, DiskError};
+use super::{CowDisk, DiskError, Strategy};
+use crate::vmm::DiskFormat;
 
 pub struct SparseCopy;
 
 impl CowDisk for SparseCopy {
-    fn name(&self) -> &'static str {
-        "sparse-copy"
+    fn strategy(&self) -> Strategy {
+        Strategy::Copy
     }
-    fn format(&self) -> &'static str {
-        "raw"
+    fn format(&self) -> DiskFormat {
+        DiskFormat::Raw
     }
     fn create(&self, base: &Path, dest: &Path, size_gib: u32) -> Result<(), DiskError> {
         let mut src = File::open(base).map_err(|e| DiskError::io(base, e))?;

@@ -4,12 +4,5 @@
 pub mod configdrive;
 pub mod ssh;
 
-#[derive(Debug, thiserror::Error)]
-pub enum GuestError {
-    #[error(transparent)]
-    Cmd(#[from] crate::cmd::CmdError),
-    #[error(transparent)]
-    Io(#[from] crate::pathio::PathIoError),
-    #[error("{0}")]
-    Ssh(String),
-}
+/// See [`crate::hosterror::HostError`].
+pub type GuestError = crate::hosterror::HostError;

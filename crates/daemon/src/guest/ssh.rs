@@ -5,7 +5,6 @@ use crate::pathio::FromPathIo;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use super::GuestError;
 use crate::cmd;
@@ -72,7 +71,7 @@ pub fn pin_host_key(
 ) -> Result<(), GuestError> {
     let mut fields = host_pub.split_whitespace();
     let (Some(kind), Some(key)) = (fields.next(), fields.next()) else {
-        return Err(GuestError::Ssh(format!("malformed host key for {name}")));
+        return Err(GuestError::Failed(format!("malformed host key for {name}")));
     };
     let line = format!("{ip},{name}.vm {kind} {key} {}\n", marker(name));
     edit_known_hosts(layout, name, Some(&line))
@@ -155,46 +154,17 @@ pub async fn exec(
         .kill_on_drop(true);
     let mut child = c
         .spawn()
-        .map_err(|e| GuestError::Ssh(format!("running ssh: {e}")))?;
+        .map_err(|e| GuestError::Failed(format!("running ssh: {e}")))?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
         use tokio::io::AsyncWriteExt;
         pipe.write_all(&data)
             .await
-            .map_err(|e| GuestError::Ssh(format!("writing to ssh: {e}")))?;
+            .map_err(|e| GuestError::Failed(format!("writing to ssh: {e}")))?;
     }
     child
         .wait_with_output()
         .await
-        .map_err(|e| GuestError::Ssh(format!("waiting for ssh: {e}")))
-}
-
-/// Polls until SSH answers (a `true` that exits 0), or the timeout passes.
-/// `alive` is asked between tries so a VMM that died ends the wait early.
-pub async fn wait_ready(
-    layout: &Layout,
-    ip: &str,
-    timeout: Duration,
-    alive: impl Fn() -> bool,
-) -> Result<Duration, GuestError> {
-    let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < timeout {
-        if !alive() {
-            return Err(GuestError::Ssh(
-                "the VM stopped while booting; `banger vm logs` shows its console".into(),
-            ));
-        }
-        match exec(layout, ip, "true", None).await {
-            Ok(out) if out.status.success() => return Ok(start.elapsed()),
-            Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Err(GuestError::Ssh(format!(
-        "SSH did not answer within {}s (last: {last}); `banger vm logs` shows the console",
-        timeout.as_secs()
-    )))
+        .map_err(|e| GuestError::Failed(format!("waiting for ssh: {e}")))
 }
 
 /// Writes the `Host *.vm` block that `ssh-config` prints and installs.

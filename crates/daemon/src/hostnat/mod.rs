@@ -24,6 +24,8 @@ pub const ISOLATE_TAG: &str = "banger:isolate";
 pub trait Iptables {
     /// `iptables ARGS`; Ok(stdout) on exit 0.
     fn run(&self, args: &[String]) -> Result<String, CmdError>;
+    /// Turns on IPv4 forwarding, which NAT needs.
+    fn enable_forwarding(&self);
 }
 
 /// The real iptables binary.
@@ -35,6 +37,12 @@ impl Iptables for SystemIptables {
         let mut full = vec!["-w".to_string()];
         full.extend_from_slice(args);
         cmd::run("iptables", &full)
+    }
+
+    fn enable_forwarding(&self) {
+        if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n") {
+            tracing::warn!("enabling IPv4 forwarding: {e}");
+        }
     }
 }
 
@@ -65,7 +73,7 @@ fn remove(ipt: &dyn Iptables, rule: &Rule) -> Result<(), CmdError> {
 /// Installs NAT for `vm` at `ip`: idempotent, never duplicates.
 pub fn install(ipt: &dyn Iptables, vm: &str, ip: &str, bridge: &str) -> Result<(), CmdError> {
     let _guard = lock();
-    enable_forwarding();
+    ipt.enable_forwarding();
     for rule in rules::for_vm(vm, ip, bridge) {
         ensure(ipt, &rule)?;
     }
@@ -131,12 +139,6 @@ pub fn reconcile(
     }
     removed.dedup();
     Ok(removed)
-}
-
-fn enable_forwarding() {
-    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n") {
-        tracing::warn!("enabling IPv4 forwarding: {e}");
-    }
 }
 
 #[cfg(test)]

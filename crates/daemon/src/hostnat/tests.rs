@@ -1,75 +1,8 @@
-//! NAT logic against a fake iptables that keeps rules in memory and answers
-//! `-C`, `-A`, `-I`, `-D` and `-S` like the real one.
-
-use std::cell::RefCell;
+//! NAT logic against the fake iptables (`host::fake`), which keeps rules in
+//! memory and answers `-C`, `-A`, `-I`, `-D` and `-S` like the real one.
 
 use super::*;
-
-#[derive(Default)]
-struct FakeIptables {
-    /// (table, "-A CHAIN spec...") in order.
-    rules: RefCell<Vec<(String, String)>>,
-}
-
-impl FakeIptables {
-    fn render(args: &[String]) -> String {
-        args.iter()
-            .map(|a| {
-                if a.contains(' ') || a.contains(':') {
-                    format!("\"{a}\"")
-                } else {
-                    a.clone()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-    fn count(&self, needle: &str) -> usize {
-        self.rules
-            .borrow()
-            .iter()
-            .filter(|(_, r)| r.contains(needle))
-            .count()
-    }
-}
-
-impl Iptables for FakeIptables {
-    fn run(&self, args: &[String]) -> Result<String, CmdError> {
-        let table = args[1].clone();
-        let verb = args[2].as_str();
-        let chain = args[3].clone();
-        let line = format!("-A {chain} {}", Self::render(&args[4..]));
-        let mut rules = self.rules.borrow_mut();
-        let pos = rules.iter().position(|(t, r)| *t == table && *r == line);
-        let fail = || CmdError::Failed {
-            command: "iptables".into(),
-            status: "exit status: 1".into(),
-            stderr: "Bad rule".into(),
-        };
-        match verb {
-            "-C" => pos.map(|_| String::new()).ok_or_else(fail),
-            "-A" => {
-                rules.push((table, line));
-                Ok(String::new())
-            }
-            "-I" => {
-                rules.insert(0, (table, line));
-                Ok(String::new())
-            }
-            "-D" => {
-                let p = pos.ok_or_else(fail)?;
-                rules.remove(p);
-                Ok(String::new())
-            }
-            "-S" => Ok(rules
-                .iter()
-                .filter(|(t, r)| *t == table && r.starts_with(&format!("-A {chain} ")))
-                .map(|(_, r)| format!("{r}\n"))
-                .collect()),
-            _ => Err(fail()),
-        }
-    }
-}
+use crate::host::fake::FakeIptables;
 
 #[test]
 fn install_is_idempotent_and_scoped_to_the_guest() {
@@ -86,16 +19,13 @@ fn install_is_idempotent_and_scoped_to_the_guest() {
     assert_eq!(list(&ipt).unwrap().into_iter().collect::<Vec<_>>(), ["dev"]);
     uninstall(&ipt, "dev", "172.30.0.2", "banger0").unwrap();
     uninstall(&ipt, "dev", "172.30.0.2", "banger0").unwrap();
-    assert!(ipt.rules.borrow().is_empty());
+    assert!(ipt.0.rules().is_empty());
 }
 
 #[test]
 fn reconcile_adds_missing_removes_orphans_and_spares_others() {
     let ipt = FakeIptables::default();
-    ipt.rules.borrow_mut().push((
-        "nat".into(),
-        "-A POSTROUTING -s 10.0.0.0/8 -j MASQUERADE".into(),
-    ));
+    ipt.push_rule("nat", "-A POSTROUTING -s 10.0.0.0/8 -j MASQUERADE");
     install(&ipt, "gone", "172.30.0.9", "banger0").unwrap();
     ensure_isolation(&ipt, "banger0").unwrap();
     let removed = reconcile(&ipt, &[("dev".into(), "172.30.0.2".into())], "banger0").unwrap();

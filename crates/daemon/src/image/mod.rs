@@ -6,15 +6,8 @@ pub mod catalog;
 pub mod cpio;
 pub mod customize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    #[error(transparent)]
-    Cmd(#[from] crate::cmd::CmdError),
-    #[error(transparent)]
-    Io(#[from] crate::pathio::PathIoError),
-    #[error("{0}")]
-    Invalid(String),
-}
+/// See [`crate::hosterror::HostError`].
+pub type ImageError = crate::hosterror::HostError;
 
 /// The manifest written last into an image directory.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -1,53 +1,53 @@
-//! Which verb is valid in which state, with the message a user sees when not.
+//! Which verb is valid in which state, with the message a user sees when
+//! not. These are the checks `run_op` makes before and after taking a VM.
 
-use banger_api::{ApiError, ErrorCode, VmState};
+use banger_api::VmState;
 
-fn refuse(name: &str, state: VmState, hint: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::InvalidState,
-        format!("VM {name:?} is {state}; {hint}"),
-    )
+use super::error::VmError;
+use super::record::VmRecord;
+use super::service::R;
+
+fn refuse(vm: &VmRecord, hint: &str) -> VmError {
+    VmError::state(&vm.name, vm.state, hint)
 }
 
-pub fn can_start(name: &str, state: VmState) -> Result<(), ApiError> {
-    match state {
+pub fn can_start(vm: &VmRecord) -> R<()> {
+    match vm.state {
         VmState::Stopped | VmState::Error => Ok(()),
-        VmState::Running => Err(refuse(name, state, "nothing to do")),
-        _ => Err(refuse(name, state, "wait for it to settle and try again")),
+        VmState::Running => Err(refuse(vm, "nothing to do")),
+        _ => Err(refuse(vm, "wait for it to settle and try again")),
     }
 }
 
-pub fn can_stop(name: &str, state: VmState) -> Result<(), ApiError> {
-    match state {
+pub fn can_stop(vm: &VmRecord) -> R<()> {
+    match vm.state {
         VmState::Running => Ok(()),
-        VmState::Stopped => Err(refuse(name, state, "nothing to do")),
-        _ => Err(refuse(name, state, "use `banger vm kill` to force it")),
+        VmState::Stopped => Err(refuse(vm, "nothing to do")),
+        _ => Err(refuse(vm, "use `banger vm kill` to force it")),
     }
 }
 
 /// Kill works on anything that may have a VMM process.
-pub fn can_kill(name: &str, state: VmState) -> Result<(), ApiError> {
-    match state {
-        VmState::Stopped => Err(refuse(name, state, "nothing to kill")),
+pub fn can_kill(vm: &VmRecord) -> R<()> {
+    match vm.state {
+        VmState::Stopped => Err(refuse(vm, "nothing to kill")),
         _ => Ok(()),
     }
 }
 
-pub fn can_restart(name: &str, state: VmState) -> Result<(), ApiError> {
-    match state {
+pub fn can_restart(vm: &VmRecord) -> R<()> {
+    match vm.state {
         VmState::Running => Ok(()),
-        _ => Err(refuse(name, state, "use `banger vm start`")),
+        _ => Err(refuse(vm, "use `banger vm start`")),
     }
 }
 
 /// Delete without `-f` refuses a VM that may be running.
-pub fn can_delete(name: &str, state: VmState, force: bool) -> Result<(), ApiError> {
-    match state {
+pub fn can_delete(vm: &VmRecord) -> R<()> {
+    match vm.state {
         VmState::Stopped | VmState::Error => Ok(()),
-        _ if force => Ok(()),
         _ => Err(refuse(
-            name,
-            state,
+            vm,
             "stop it first, or use `banger vm delete -f` to stop and delete it",
         )),
     }
@@ -61,31 +61,44 @@ pub fn is_prunable(state: VmState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_api::{ApiError, ErrorCode, VmSpec};
     use VmState::*;
+
+    fn vm(state: VmState) -> VmRecord {
+        let spec = VmSpec {
+            name: "a".into(),
+            cpus: 1,
+            memory_mib: 512,
+            disk_gib: 4,
+            image: "default".into(),
+            nat: false,
+        };
+        VmRecord {
+            state,
+            ..VmRecord::draft(&spec, "qemu", crate::disk::Strategy::Qcow2, 0)
+        }
+    }
 
     #[test]
     fn transitions() {
-        assert!(can_start("a", Stopped).is_ok());
-        assert!(can_start("a", Error).is_ok());
-        assert_eq!(
-            can_start("a", Running).unwrap_err().code,
-            ErrorCode::InvalidState
-        );
-        assert!(can_stop("a", Running).is_ok());
-        assert!(can_stop("a", Stopped).is_err());
-        assert!(can_kill("a", Stopping).is_ok());
-        assert!(can_kill("a", Stopped).is_err());
-        assert!(can_restart("a", Stopped).is_err());
-        assert!(can_delete("a", Running, false).is_err());
-        assert!(can_delete("a", Running, true).is_ok());
-        assert!(can_delete("a", Stopped, false).is_ok());
+        assert!(can_start(&vm(Stopped)).is_ok());
+        assert!(can_start(&vm(Error)).is_ok());
+        let refused = ApiError::from(can_start(&vm(Running)).unwrap_err());
+        assert_eq!(refused.code, ErrorCode::InvalidState);
+        assert!(can_stop(&vm(Running)).is_ok());
+        assert!(can_stop(&vm(Stopped)).is_err());
+        assert!(can_kill(&vm(Stopping)).is_ok());
+        assert!(can_kill(&vm(Stopped)).is_err());
+        assert!(can_restart(&vm(Stopped)).is_err());
+        assert!(can_delete(&vm(Running)).is_err());
+        assert!(can_delete(&vm(Stopped)).is_ok());
         assert!(!is_prunable(Running) && !is_prunable(Creating) && is_prunable(Stopped));
     }
 
     #[test]
     fn messages_say_what_to_do() {
-        let e = can_delete("dev", Running, false).unwrap_err();
-        assert!(e.message.contains("-f"), "{}", e.message);
-        assert!(!e.message.contains('\n'));
+        let e = can_delete(&vm(Running)).unwrap_err().to_string();
+        assert!(e.contains("-f"), "{e}");
+        assert!(!e.contains('\n'));
     }
 }

@@ -1,9 +1,26 @@
-//! The VM lifecycle: the rules of which verb is valid in which state, the
-//! service that carries the verbs out, and reconciliation at startup.
+//! The VM lifecycle: the stored record and its transition table, the rules
+//! of which verb is valid in which state, the service that carries the
+//! verbs out (one file per group, all through `run_op`), and
+//! reconciliation at startup.
 
+mod boot;
+mod create;
+pub mod error;
+mod images;
 pub mod lifecycle;
 pub mod ports;
+mod power;
+mod reads;
 pub mod reconcile;
+pub mod record;
+mod remove;
+pub mod runner;
 pub mod service;
+pub mod transition;
 
+#[cfg(test)]
+mod faults;
+
+pub use error::VmError;
+pub use record::VmRecord;
 pub use service::VmService;

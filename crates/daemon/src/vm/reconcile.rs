@@ -1,15 +1,15 @@
 //! Reconciliation at daemon start: running VMs are re-adopted, dead ones
-//! marked stopped, leaked taps and stray per-VM files removed, interrupted
-//! operations marked failed.
+//! marked stopped (or `error` when they died being created), leaked taps,
+//! NAT rules and stray per-VM files removed, interrupted operations marked
+//! failed. Every state change goes through the transition table.
 
 use std::collections::HashSet;
 
 use banger_api::VmState;
 
-use super::VmService;
-use crate::hostnat::{self, SystemIptables};
-use crate::hostnet::tap;
-use crate::vmm::process;
+use super::record::VmRecord;
+use super::service::{blocking, VmService};
+use crate::hostnat;
 
 /// What reconciliation did, for the log and for tests.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -22,45 +22,24 @@ pub struct Report {
     pub failed_ops: usize,
 }
 
-pub fn reconcile(svc: &VmService) -> Report {
+pub async fn reconcile(svc: &VmService) -> Report {
     let mut report = Report {
         failed_ops: svc.store.fail_interrupted_ops().unwrap_or(0),
         ..Report::default()
     };
     let vms = svc.store.list_vms().unwrap_or_default();
     let mut live_taps = HashSet::new();
-    for vm in &vms {
-        if vm.state == VmState::Stopped {
-            svc.teardown_runtime(vm);
-            continue;
-        }
-        let alive = vm.pid.is_some_and(|p| process::is_vm_process(p, &vm.name));
-        if alive {
+    for vm in vms.clone() {
+        if adopt_or_settle(svc, vm.clone(), &mut report).await {
             live_taps.insert(vm.tap.clone());
-            let _ = svc
-                .store
-                .set_state(&vm.name, VmState::Running, vm.pid, None);
-            report.adopted.push(vm.name.clone());
-        } else {
-            svc.teardown_runtime(vm);
-            let (state, why) = match vm.state {
-                VmState::Creating => (
-                    VmState::Error,
-                    Some(
-                        "the daemon stopped while creating this VM; delete it and create it again",
-                    ),
-                ),
-                VmState::Error => (VmState::Error, vm.last_error.as_deref()),
-                _ => (VmState::Stopped, None),
-            };
-            let _ = svc.store.set_state(&vm.name, state, None, why);
-            if vm.state != VmState::Error {
-                report.marked_stopped.push(vm.name.clone());
-            }
         }
     }
-    for t in tap::list().unwrap_or_default() {
-        if !live_taps.contains(&t) && tap::remove(&t).is_ok() {
+    let net = svc.host.net.clone();
+    let taps = blocking(move || net.list_taps()).await.unwrap_or_default();
+    for t in taps.into_iter().filter(|t| !live_taps.contains(t)) {
+        let net = svc.host.net.clone();
+        let tap = t.clone();
+        if blocking(move || net.remove_tap(&tap)).await.is_ok() {
             report.removed_taps.push(t);
         }
     }
@@ -69,23 +48,73 @@ pub fn reconcile(svc: &VmService) -> Report {
         .filter(|v| v.nat)
         .map(|v| (v.name.clone(), v.ip.clone()))
         .collect();
-    match hostnat::reconcile(&SystemIptables, &want, &svc.cfg.bridge) {
+    let (nat, bridge) = (svc.host.nat.clone(), svc.cfg.bridge.clone());
+    match blocking(move || hostnat::reconcile(nat.as_ref(), &want, &bridge)).await {
         Ok(removed) => report.removed_nat = removed,
         Err(e) => tracing::warn!("reconciling NAT rules: {e}"),
     }
-    let known: HashSet<String> = vms.iter().map(|v| v.name.clone()).collect();
+    report.removed_dirs = remove_stray_dirs(svc, &vms);
+    tracing::info!(?report, "reconciled host state");
+    report
+}
+
+/// Re-adopts `vm` if its VMM lives (true), else settles its state and
+/// removes its runtime resources.
+async fn adopt_or_settle(svc: &VmService, mut vm: VmRecord, report: &mut Report) -> bool {
+    if vm.state != VmState::Stopped && svc.is_alive(&vm) {
+        let settled = match vm.state {
+            VmState::Running => Ok(()),
+            // It died in the middle of a stop or a first boot: a live VMM
+            // means a running VM.
+            _ => {
+                let runtime = vm.runtime;
+                svc.transition(&mut vm, VmState::Running, runtime, None)
+            }
+        };
+        match settled {
+            Ok(()) => {
+                report.adopted.push(vm.name.clone());
+                return true;
+            }
+            Err(e) => tracing::warn!(vm = %vm.name, "re-adopting: {e}"),
+        }
+    }
+    if let Err(e) = svc.teardown_runtime(&vm).await {
+        tracing::warn!(vm = %vm.name, "{e}");
+    }
+    let (to, why): (VmState, Option<String>) = match vm.state {
+        VmState::Stopped => return false,
+        VmState::Creating => (
+            VmState::Error,
+            Some("the daemon stopped while creating this VM; delete it and create it again".into()),
+        ),
+        VmState::Error => (VmState::Error, vm.last_error.clone()),
+        _ => (VmState::Stopped, None),
+    };
+    let was = vm.state;
+    match svc.transition(&mut vm, to, None, why.as_deref()) {
+        Ok(()) if was != VmState::Error => report.marked_stopped.push(vm.name.clone()),
+        Ok(()) => {}
+        Err(e) => tracing::warn!(vm = %vm.name, "{e}"),
+    }
+    false
+}
+
+/// Per-VM directories no VM owns, and run directories of VMs not running.
+fn remove_stray_dirs(svc: &VmService, vms: &[VmRecord]) -> Vec<String> {
+    let known: HashSet<&str> = vms.iter().map(|v| v.name.as_str()).collect();
     let layout = svc.layout();
+    let mut removed = Vec::new();
     for parent in [layout.state_dir.join("vms"), layout.run_dir.join("vms")] {
         let Ok(entries) = std::fs::read_dir(&parent) else {
             continue;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !known.contains(&name) && std::fs::remove_dir_all(e.path()).is_ok() {
-                report.removed_dirs.push(e.path().display().to_string());
+            if !known.contains(name.as_str()) && std::fs::remove_dir_all(e.path()).is_ok() {
+                removed.push(e.path().display().to_string());
             }
         }
     }
-    tracing::info!(?report, "reconciled host state");
-    report
+    removed
 }

@@ -1,13 +1,16 @@
-//! The VMM interface. Everything backend-specific lives in one module behind
-//! [`Vmm`]; the rest of the daemon sees launch, graceful shutdown, process
-//! liveness and signals only.
+//! The VMM port. Everything backend-specific lives behind [`Vmm`]: what a
+//! backend can do ([`Capabilities`]), how it boots a VM (kernel command
+//! line, drive plan, accelerator), how it controls and recognises its
+//! process ([`RuntimeHandle`]). The lifecycle asks; it never matches on a
+//! backend's name.
 
 pub mod accel;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -20,19 +23,74 @@ pub enum VmmError {
     },
     #[error("VMM control channel: {0}")]
     Control(String),
+    /// The device or node the request names does not exist.
+    #[error("VMM control channel: {0} not found")]
+    NotFound(String),
     #[error("the VMM did not start: {0}")]
     Launch(String),
+    #[error("the {backend} backend cannot {what}")]
+    NotSupported {
+        backend: &'static str,
+        what: &'static str,
+    },
 }
 
-/// A disk attached at boot.
-#[derive(Debug, Clone)]
+/// Disk image formats a backend can open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Qcow2,
+    Raw,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+/// The kernel image a backend boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// A compressed `bzImage` (QEMU).
+    BzImage,
+    /// An uncompressed ELF `vmlinux` (Firecracker).
+    Vmlinux,
+}
+
+/// What a backend can do; the lifecycle plans from these, never from names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Drives can be added to and removed from a running VM. Without it,
+    /// workspace drives use slots reserved at boot ([`Vmm::drive_plan`]).
+    pub hotplug_drives: bool,
+    /// Root disk formats, best first.
+    pub disk_formats: &'static [DiskFormat],
+    pub kernel: KernelFormat,
+    pub needs_kvm: bool,
+    /// `pause`, `resume`, `snapshot` and `restore` work.
+    pub snapshots: bool,
+}
+
+/// A disk attached to a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drive {
     pub path: PathBuf,
-    /// `qcow2` or `raw`.
-    pub format: String,
+    pub format: DiskFormat,
     pub readonly: bool,
     /// What the guest sees in /sys/block/vdX/serial (how it finds a drive).
     pub serial: String,
+}
+
+/// The drives a VM boots with, by role; the backend orders them.
+#[derive(Debug, Clone)]
+pub struct BootDrives {
+    pub root: Drive,
+    pub config: Drive,
+    /// The overlay workspace image, when the VM has one.
+    pub workspace: Option<Drive>,
 }
 
 /// Everything a backend needs to boot one VM.
@@ -44,7 +102,7 @@ pub struct LaunchSpec {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
-    /// In guest order: root disk (`/dev/vda`), config drive (`/dev/vdb`), ...
+    /// In guest order, from [`Vmm::drive_plan`].
     pub drives: Vec<Drive>,
     pub tap: String,
     pub mac: String,
@@ -57,25 +115,70 @@ pub struct LaunchSpec {
     pub control_socket: PathBuf,
 }
 
+/// How the daemon finds a running VMM again: its pid, and the process's
+/// start time (so a reused pid is never taken for the VM's), kept in the
+/// store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeHandle {
+    pub pid: u32,
+    /// Clock ticks since boot at which the process started (`/proc/PID/stat`).
+    pub start_time: u64,
+}
+
 /// One VMM backend.
 pub trait Vmm: Send + Sync {
     /// `qemu` or `firecracker`; stored with each VM.
     fn name(&self) -> &'static str;
-    /// Boots the VM; returns the VMM's pid once it runs.
-    fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError>;
+    fn capabilities(&self) -> Capabilities;
+    /// Why this host cannot run this backend, if it cannot.
+    fn unusable_reason(&self) -> Option<String> {
+        None
+    }
+    /// True when the next boot must first settle the accelerator (a probe
+    /// that can take seconds); the lifecycle says so before [`Vmm::probe`].
+    fn probe_pending(&self) -> bool {
+        false
+    }
+    /// Settles the accelerator, booting `kernel` as a test if need be.
+    fn probe(&self, _kernel: &Path) {}
+    /// The guest kernel command line for a VM named `name`.
+    fn kernel_cmdline(&self, name: &str) -> String;
+    /// The drives in the order the guest sees them (root `/dev/vda`, config
+    /// drive `/dev/vdb`, then the workspace slot).
+    fn drive_plan(&self, drives: BootDrives) -> Vec<Drive>;
+    /// How long a graceful stop may take before the VMM is killed.
+    fn stop_timeout(&self) -> Duration;
+    /// Boots the VM; returns its handle once the VMM runs.
+    fn launch(&self, spec: &LaunchSpec) -> Result<RuntimeHandle, VmmError>;
+    /// True while `handle` is `name`'s live VMM process.
+    fn is_alive(&self, handle: &RuntimeHandle, name: &str) -> bool;
+    /// Sends `signal` to the VMM; a process already gone is success.
+    fn signal(&self, handle: &RuntimeHandle, signal: i32) -> Result<(), VmmError>;
     /// Asks the guest to shut down (Ctrl-Alt-Del); does not wait.
-    fn request_shutdown(&self, control_socket: &std::path::Path) -> Result<(), VmmError>;
-    /// Attaches `drive` to the running VM under `id`. QEMU hot-plugs it;
-    /// Firecracker, which cannot hot-plug, swaps the backing file of a
-    /// drive slot attached at boot (PATCH /drives/{id}).
-    fn attach_drive(
-        &self,
-        control_socket: &std::path::Path,
-        id: &str,
-        drive: &Drive,
-    ) -> Result<(), VmmError>;
+    fn request_shutdown(&self, control_socket: &Path) -> Result<(), VmmError>;
+    /// Attaches `drive` to the running VM under `id` (hot-plug, or the
+    /// backing file of a slot reserved at boot).
+    fn attach_drive(&self, control_socket: &Path, id: &str, drive: &Drive) -> Result<(), VmmError>;
     /// Detaches drive `id`; gone is success.
-    fn detach_drive(&self, control_socket: &std::path::Path, id: &str) -> Result<(), VmmError>;
+    fn detach_drive(&self, control_socket: &Path, id: &str) -> Result<(), VmmError>;
+    fn pause(&self, _control_socket: &Path) -> Result<(), VmmError> {
+        Err(self.not_supported("pause a VM"))
+    }
+    fn resume(&self, _control_socket: &Path) -> Result<(), VmmError> {
+        Err(self.not_supported("resume a VM"))
+    }
+    fn snapshot(&self, _control_socket: &Path, _dest: &Path) -> Result<(), VmmError> {
+        Err(self.not_supported("snapshot a VM"))
+    }
+    fn restore(&self, _spec: &LaunchSpec, _from: &Path) -> Result<RuntimeHandle, VmmError> {
+        Err(self.not_supported("restore a VM"))
+    }
+    fn not_supported(&self, what: &'static str) -> VmmError {
+        VmmError::NotSupported {
+            backend: self.name(),
+            what,
+        }
+    }
 }
 
 /// The argument the VMM command line carries to tag a VM's process.

@@ -1,10 +1,35 @@
-//! VMM processes: liveness (checked against the VM's tag, so a reused pid is
-//! never mistaken for ours), signals, waiting for exit, pid files.
+//! VMM processes: liveness (checked against the VM's tag and the process
+//! start time, so a reused pid is never mistaken for ours), signals, pid
+//! files.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use super::process_tag;
+use super::{process_tag, RuntimeHandle};
+
+/// The handle of live process `pid`, with its start time.
+pub fn handle_of(pid: u32) -> Option<RuntimeHandle> {
+    Some(RuntimeHandle {
+        pid,
+        start_time: start_time(pid)?,
+    })
+}
+
+/// True while `handle` names a live process that started when it did and
+/// carries `name`'s tag. A start time of 0 (a VM recorded before start
+/// times were kept) is checked by the tag alone.
+pub fn is_alive(handle: &RuntimeHandle, name: &str) -> bool {
+    (handle.start_time == 0 || start_time(handle.pid) == Some(handle.start_time))
+        && is_vm_process(handle.pid, name)
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks
+/// since boot.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    // rest starts at field 3 (state); starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
 
 /// True when `pid` is a live process whose command line carries `name`'s tag.
 pub fn is_vm_process(pid: u32, name: &str) -> bool {
@@ -61,18 +86,6 @@ pub fn signal(pid: u32, signal: i32) -> std::io::Result<()> {
     }
 }
 
-/// Waits until `name`'s process `pid` is gone; false on timeout.
-pub async fn wait_exit(pid: u32, name: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if !is_vm_process(pid, name) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    !is_vm_process(pid, name)
-}
-
 /// Reads a pid file.
 pub fn read_pid_file(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -81,6 +94,7 @@ pub fn read_pid_file(path: &Path) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn signals_parse_by_name() {
@@ -113,9 +127,20 @@ mod tests {
             is_vm_process(child.id(), "tagged")
         });
         assert!(seen, "the tagged process was not recognised");
+        let handle = handle_of(child.id()).unwrap();
+        assert!(is_alive(&handle, "tagged"));
+        let reused = RuntimeHandle {
+            start_time: handle.start_time + 1,
+            ..handle
+        };
+        assert!(
+            !is_alive(&reused, "tagged"),
+            "another start time is another process"
+        );
         assert!(!is_vm_process(child.id(), "tag"), "a prefix must not match");
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_vm_process(child.id(), "tagged"));
+        assert!(!is_alive(&handle, "tagged"));
     }
 }

@@ -1,27 +1,80 @@
 //! The QEMU backend: direct kernel boot on q35 with virtio-pci devices, QMP
-//! for control, the serial console appended to a file.
+//! for control, the serial console appended to a file. KVM when it can run
+//! a guest here (decided once per host kernel by [`accel`]), else TCG.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::json;
 
-use super::{process, process_tag, qmp, LaunchSpec, Vmm, VmmError};
+use super::accel::{self, AccelChoice};
+use super::{
+    process, process_tag, qmp, BootDrives, Capabilities, DiskFormat, Drive, KernelFormat,
+    LaunchSpec, RuntimeHandle, Vmm, VmmError,
+};
 use crate::cmd;
+
+/// How long a graceful stop may take before the VMM is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long the KVM probe waits for a guest kernel to panic.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// QEMU, with KVM or TCG software emulation.
 pub struct Qemu {
-    pub kvm: bool,
+    accel: AccelChoice,
+    /// Where the KVM probe's verdict is kept (per host kernel).
+    verdict_file: PathBuf,
+    kvm: OnceLock<bool>,
 }
 
 impl Qemu {
+    pub fn new(accel: AccelChoice, verdict_file: PathBuf) -> Self {
+        let kvm = OnceLock::new();
+        match accel {
+            AccelChoice::Kvm => drop(kvm.set(true)),
+            AccelChoice::Tcg => drop(kvm.set(false)),
+            AccelChoice::Auto => {
+                if let Some(known) = accel::cached_verdict(&verdict_file) {
+                    let _ = kvm.set(known);
+                }
+            }
+        }
+        Qemu {
+            accel,
+            verdict_file,
+            kvm,
+        }
+    }
+
+    /// KVM or TCG; settles it (probing) if nobody has yet.
+    fn kvm(&self, kernel: &Path) -> bool {
+        *self.kvm.get_or_init(|| {
+            let ok = matches!(self.accel, AccelChoice::Auto)
+                && accel::kvm_boots_guest(kernel, PROBE_TIMEOUT);
+            accel::save_verdict(&self.verdict_file, ok);
+            tracing::info!(
+                kvm = ok,
+                "accelerator probe: KVM {}",
+                if ok {
+                    "boots guests"
+                } else {
+                    "cannot boot a guest; using TCG"
+                }
+            );
+            ok
+        })
+    }
+
     /// The full argument vector for `spec`.
     pub fn args(&self, spec: &LaunchSpec) -> Vec<OsString> {
+        let kvm = self.kvm(&spec.kernel);
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-        let accel = if self.kvm { "kvm" } else { "tcg" };
-        let cpu = if self.kvm { "host" } else { "max" };
+        let accel = if kvm { "kvm" } else { "tcg" };
+        let cpu = if kvm { "host" } else { "max" };
         let name = format!("{},process=banger-{}", spec.name, spec.name);
         push(&["-name", &name, "-accel", accel, "-M", "q35", "-cpu", cpu]);
         push(&[
@@ -48,7 +101,7 @@ impl Qemu {
             drive.push(escape_commas(&d.path));
             drive.push(format!(
                 ",if=none,id=drive{i},format={},readonly={},cache=writeback,discard=unmap",
-                d.format,
+                d.format.as_str(),
                 if d.readonly { "on" } else { "off" }
             ));
             a.push("-drive".into());
@@ -95,16 +148,72 @@ impl Vmm for Qemu {
         "qemu"
     }
 
-    fn launch(&self, spec: &LaunchSpec) -> Result<u32, VmmError> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            hotplug_drives: true,
+            disk_formats: &[DiskFormat::Qcow2, DiskFormat::Raw],
+            kernel: KernelFormat::BzImage,
+            needs_kvm: false,
+            snapshots: false,
+        }
+    }
+
+    fn unusable_reason(&self) -> Option<String> {
+        cmd::which("qemu-system-x86_64").is_none().then(|| {
+            "qemu-system-x86_64 is not installed; `banger doctor` says how to install it".into()
+        })
+    }
+
+    fn probe_pending(&self) -> bool {
+        self.kvm.get().is_none()
+    }
+
+    fn probe(&self, kernel: &Path) {
+        self.kvm(kernel);
+    }
+
+    fn kernel_cmdline(&self, _name: &str) -> String {
+        // The tag is added by `args`, so it is on every QEMU command line.
+        "console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.config=/dev/vdb".into()
+    }
+
+    fn drive_plan(&self, drives: BootDrives) -> Vec<Drive> {
+        // The workspace is hot-plugged on prepare, and attached at boot after.
+        let mut plan = vec![drives.root, drives.config];
+        plan.extend(drives.workspace);
+        plan
+    }
+
+    fn stop_timeout(&self) -> Duration {
+        STOP_TIMEOUT
+    }
+
+    fn is_alive(&self, handle: &RuntimeHandle, name: &str) -> bool {
+        process::is_alive(handle, name)
+    }
+
+    fn signal(&self, handle: &RuntimeHandle, signal: i32) -> Result<(), VmmError> {
+        process::signal(handle.pid, signal).map_err(|source| VmmError::Io {
+            what: format!("signalling VMM pid {}", handle.pid),
+            source,
+        })
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<RuntimeHandle, VmmError> {
         let _ = std::fs::remove_file(&spec.pid_file);
         let _ = std::fs::remove_file(&spec.control_socket);
         // With -daemonize, QEMU exits non-zero (with its reason on stderr)
         // when the configuration is wrong, and zero once the VM runs.
-        cmd::run("qemu-system-x86_64", &self.args(spec))
-            .map_err(|e| VmmError::Launch(e.to_string()))?;
+        cmd::run("qemu-system-x86_64", &self.args(spec)).map_err(|e| match e {
+            cmd::CmdError::Failed { stderr, status, .. } => {
+                VmmError::Launch(format!("qemu-system-x86_64 {status}: {stderr}"))
+            }
+            other => VmmError::Launch(other.to_string()),
+        })?;
         let pid = process::read_pid_file(&spec.pid_file)
             .ok_or_else(|| VmmError::Launch(format!("no pid in {}", spec.pid_file.display())))?;
-        Ok(pid)
+        process::handle_of(pid)
+            .ok_or_else(|| VmmError::Launch(format!("QEMU (pid {pid}) exited right after start")))
     }
 
     fn request_shutdown(&self, control_socket: &Path) -> Result<(), VmmError> {
@@ -119,19 +228,14 @@ impl Vmm for Qemu {
         Ok(())
     }
 
-    fn attach_drive(
-        &self,
-        control_socket: &Path,
-        id: &str,
-        drive: &super::Drive,
-    ) -> Result<(), VmmError> {
+    fn attach_drive(&self, control_socket: &Path, id: &str, drive: &Drive) -> Result<(), VmmError> {
         let node = format!("node-{id}");
         qmp::execute(
             control_socket,
             "blockdev-add",
             json!({
                 "node-name": node,
-                "driver": drive.format,
+                "driver": drive.format.as_str(),
                 "read-only": drive.readonly,
                 "file": {"driver": "file", "filename": drive.path, "read-only": drive.readonly},
             }),
@@ -167,7 +271,7 @@ impl Vmm for Qemu {
         for _ in 0..100 {
             match qmp::execute(control_socket, "blockdev-del", node.clone()) {
                 Ok(_) => return Ok(()),
-                Err(e) if e.to_string().contains("not found") => return Ok(()),
+                Err(VmmError::NotFound(_)) => return Ok(()),
                 Err(e) => last = Some(e),
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -176,13 +280,9 @@ impl Vmm for Qemu {
     }
 }
 
-/// How long a graceful stop may take before the VMM is killed.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(90);
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::Drive;
 
     #[test]
     fn command_line_has_the_devices_the_guest_expects() {
@@ -194,13 +294,13 @@ mod tests {
             drives: vec![
                 Drive {
                     path: "/s/a,b.qcow2".into(),
-                    format: "qcow2".into(),
+                    format: DiskFormat::Qcow2,
                     readonly: false,
                     serial: "banger-root".into(),
                 },
                 Drive {
                     path: "/s/config.img".into(),
-                    format: "raw".into(),
+                    format: DiskFormat::Raw,
                     readonly: true,
                     serial: "banger-config".into(),
                 },
@@ -213,7 +313,9 @@ mod tests {
             pid_file: "/r/vmm.pid".into(),
             control_socket: "/r/control.sock".into(),
         };
-        let args: Vec<String> = Qemu { kvm: false }
+        let qemu = Qemu::new(AccelChoice::Tcg, "/nonexistent/verdict".into());
+        assert!(!qemu.probe_pending(), "--accel tcg needs no probe");
+        let args: Vec<String> = qemu
             .args(&spec)
             .into_iter()
             .map(|a| a.into_string().unwrap())

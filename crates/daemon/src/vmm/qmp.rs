@@ -48,9 +48,15 @@ fn read_reply(r: &mut impl BufRead) -> Result<Value, VmmError> {
         let v: Value = serde_json::from_str(&line)
             .map_err(|e| VmmError::Control(format!("bad QMP message: {e}")))?;
         if let Some(e) = v.get("error") {
-            return Err(VmmError::Control(
-                e["desc"].as_str().unwrap_or("error").into(),
-            ));
+            let desc = e["desc"].as_str().unwrap_or("error").to_string();
+            let missing = e["class"] == "DeviceNotFound"
+                || desc.starts_with("Failed to find node")
+                || desc.contains("not found");
+            return Err(if missing {
+                VmmError::NotFound(desc)
+            } else {
+                VmmError::Control(desc)
+            });
         }
         if let Some(ret) = v.get("return") {
             return Ok(ret.clone());
@@ -74,5 +80,16 @@ mod tests {
         let e = read_reply(&mut &input[..]).unwrap_err();
         assert!(e.to_string().contains("no such device"));
         assert!(read_reply(&mut &b""[..]).is_err());
+        let input = b"{\"error\":{\"class\":\"GenericError\",\"desc\":\"Failed to find node with node-name='n'\"}}\n";
+        assert!(matches!(
+            read_reply(&mut &input[..]),
+            Err(VmmError::NotFound(_))
+        ));
+        let input =
+            b"{\"error\":{\"class\":\"DeviceNotFound\",\"desc\":\"Device 'dev-x' not found\"}}\n";
+        assert!(matches!(
+            read_reply(&mut &input[..]),
+            Err(VmmError::NotFound(_))
+        ));
     }
 }

@@ -39,12 +39,5 @@ impl Mode {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum WorkspaceError {
-    #[error(transparent)]
-    Cmd(#[from] crate::cmd::CmdError),
-    #[error(transparent)]
-    Io(#[from] crate::pathio::PathIoError),
-    #[error("{0}")]
-    Invalid(String),
-}
+/// See [`crate::hosterror::HostError`].
+pub type WorkspaceError = crate::hosterror::HostError;

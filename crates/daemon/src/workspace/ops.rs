@@ -4,15 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use banger_api::types::WorkspaceInfo;
-use banger_api::{ApiError, ErrorCode, VmInfo, VmState};
 
 use super::{pack, scripts, Mode, DRIVE_SERIAL, GUEST_REPO};
-use crate::guest::ssh;
 use crate::opstate::{Op, Sink};
-use crate::vm::VmService;
-use crate::vmm::Drive;
-
-type R<T> = Result<T, ApiError>;
+use crate::vm::runner;
+use crate::vm::service::{blocking, R};
+use crate::vm::{VmError, VmRecord, VmService};
+use crate::vmm::{DiskFormat, Drive, Vmm};
 
 /// What `workspace prepare` was asked.
 #[derive(Debug, Clone)]
@@ -28,42 +26,19 @@ pub struct PrepareRequest {
 pub const DRIVE_ID: &str = "workspace";
 const IMPORT_SERIAL: &str = "banger-ws-import";
 
-fn invalid(e: super::WorkspaceError) -> ApiError {
-    match e {
-        super::WorkspaceError::Invalid(m) => ApiError::new(ErrorCode::InvalidArgument, m),
-        super::WorkspaceError::Cmd(c) => c.into(),
-        other => ApiError::internal(other.to_string()),
-    }
-}
-
-fn must_run(vm: &VmInfo, verb: &str) -> R<()> {
-    if vm.state != VmState::Running {
-        return Err(ApiError::new(
-            ErrorCode::InvalidState,
-            format!(
-                "VM {:?} is {}; start it with `banger vm start {}` before {verb}",
-                vm.name, vm.state, vm.name
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Runs `script` in the guest with `sh -s -- ARGS`; non-zero is an error
-/// carrying the script's last stderr line.
-async fn guest_script(svc: &VmService, vm: &VmInfo, script: &str, args: &[&str]) -> R<Vec<u8>> {
+/// carrying the script's last stderr line (exit 3: the caller's mistake).
+async fn guest_script(svc: &VmService, vm: &VmRecord, script: &str, args: &[&str]) -> R<Vec<u8>> {
     let mut command = String::from("sh -s --");
     for a in args {
         command.push(' ');
         command.push_str(a);
     }
-    let out = ssh::exec(
-        svc.layout(),
-        &vm.ip,
-        &command,
-        Some(script.as_bytes().to_vec()),
-    )
-    .await?;
+    let out = svc
+        .host
+        .guest
+        .exec(&vm.ip, &command, Some(script.as_bytes().to_vec()))
+        .await?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr
@@ -73,16 +48,33 @@ async fn guest_script(svc: &VmService, vm: &VmInfo, script: &str, args: &[&str])
             .unwrap_or("")
             .trim_start_matches("banger: ")
             .to_string();
-        return Err(ApiError::new(
-            if out.status.code() == Some(3) {
-                ErrorCode::NotFound
-            } else {
-                ErrorCode::Internal
-            },
-            format!("in {}: {last}", vm.name),
-        ));
+        let message = format!("in {}: {last}", vm.name);
+        return Err(if out.status.code() == Some(3) {
+            VmError::InvalidArgument(message)
+        } else {
+            VmError::Failed(message)
+        });
     }
     Ok(out.stdout)
+}
+
+/// Attaches `drive` as `id` through the backend, off the async workers.
+async fn attach(
+    backend: &Arc<dyn Vmm>,
+    control: &std::path::Path,
+    id: &'static str,
+    drive: Drive,
+) -> R<()> {
+    let (b, c) = (backend.clone(), control.to_path_buf());
+    Ok(blocking(move || b.attach_drive(&c, id, &drive)).await?)
+}
+
+/// Detaches drive `id`; a failure is logged (the drive goes with the VMM).
+async fn detach(backend: &Arc<dyn Vmm>, control: &std::path::Path, id: &'static str, vm: &str) {
+    let (b, c) = (backend.clone(), control.to_path_buf());
+    if let Err(e) = blocking(move || b.detach_drive(&c, id)).await {
+        tracing::warn!(vm = %vm, "detaching the {id} drive: {e}");
+    }
 }
 
 impl VmService {
@@ -92,37 +84,30 @@ impl VmService {
         sink: Option<Sink>,
     ) -> R<WorkspaceInfo> {
         banger_api::validate_vm_name(&req.vm)?;
-        let vm = self.show(&req.vm)?;
-        must_run(&vm, "preparing a workspace")?;
         let repo_path = req.repo.clone();
-        let repo = tokio::task::spawn_blocking(move || pack::open(&repo_path))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(invalid)?;
-        if let Some(ws) = &vm.workspace {
-            return Err(already_prepared(&vm.name, ws));
-        }
-        let op = self.ops.begin("workspace_prepare", &[&req.vm], sink)?;
-        let result = self.prepare_inner(&op, &vm, &req, repo).await;
-        op.finish(&result);
-        result
+        let repo = blocking(move || pack::open(&repo_path)).await?;
+        self.refresh_all().await;
+        let name = req.vm.clone();
+        self.run_op(
+            "workspace_prepare",
+            &name,
+            sink,
+            prepare_allowed,
+            async |op, vm| self.prepare_inner(op, &vm, &req, repo).await,
+        )
+        .await
     }
 
     async fn prepare_inner(
         self: &Arc<Self>,
         op: &Op,
-        vm: &VmInfo,
+        vm: &VmRecord,
         req: &PrepareRequest,
         repo: pack::Repo,
     ) -> R<WorkspaceInfo> {
         guest_script(self, vm, scripts::CHECK_FREE, &[])
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::InvalidState,
-                    format!("{}; this VM already has a {GUEST_REPO}", e.message),
-                )
-            })?;
+            .map_err(|e| VmError::InUse(format!("{e}; this VM already has a {GUEST_REPO}")))?;
         let l = self.layout().clone();
         let tar_path = l.vm_dir(&vm.name).join("workspace.tar");
         let image = l.vm_workspace_image(&vm.name);
@@ -133,7 +118,7 @@ impl VmService {
         );
         let (mode, readonly, include_ignored) = (req.mode, req.readonly, req.include_ignored);
         let (repo2, tar2, image2) = (repo.clone(), tar_path.clone(), image.clone());
-        let packed = tokio::task::spawn_blocking(move || -> Result<(), super::WorkspaceError> {
+        let packed = blocking(move || -> Result<(), super::WorkspaceError> {
             let list = pack::file_list(&repo2, include_ignored)?;
             let entries = list.iter().filter(|b| **b == 0).count();
             pack::tar(&repo2, &list, readonly, &tar2)?;
@@ -144,40 +129,34 @@ impl VmService {
             }
             Ok(())
         })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))
-        .and_then(|r| r.map_err(invalid));
+        .await;
         if let Err(e) = packed {
             let _ = std::fs::remove_file(&tar_path);
             let _ = std::fs::remove_file(&image);
-            return Err(e);
+            return Err(e.into());
         }
         let backend = self.backend_of(vm)?;
         let control = l.vm_control_socket(&vm.name);
         match req.mode {
             Mode::Overlay => {
                 op.phase("attach", "attaching the workspace image", 50);
-                if let Err(e) =
-                    backend.attach_drive(&control, DRIVE_ID, &self.overlay_drive(&vm.name))
-                {
+                let drive = self.overlay_drive(&vm.name);
+                if let Err(e) = attach(&backend, &control, DRIVE_ID, drive).await {
                     let _ = std::fs::remove_file(&image);
-                    return Err(e.into());
+                    return Err(e);
                 }
                 op.phase(
                     "mount",
                     &format!("mounting the overlay at {GUEST_REPO}"),
                     70,
                 );
-                if let Err(e) =
-                    guest_script(self, vm, &scripts::mount_overlay(DRIVE_SERIAL), &[]).await
-                {
+                let mount = scripts::mount_overlay(DRIVE_SERIAL);
+                if let Err(e) = guest_script(self, vm, &mount, &[]).await {
                     // Leave nothing half-made: a retry must find the VM as before.
                     if let Err(undo) = guest_script(self, vm, scripts::UNDO_OVERLAY, &[]).await {
-                        tracing::warn!(vm = %vm.name, "undoing the overlay: {}", undo.message);
+                        tracing::warn!(vm = %vm.name, "undoing the overlay: {undo}");
                     }
-                    if let Err(d) = backend.detach_drive(&control, DRIVE_ID) {
-                        tracing::warn!(vm = %vm.name, "detaching the workspace drive: {d}");
-                    }
+                    detach(&backend, &control, DRIVE_ID, &vm.name).await;
                     let _ = std::fs::remove_file(&image);
                     return Err(e);
                 }
@@ -186,27 +165,19 @@ impl VmService {
                 op.phase("attach", "attaching the repo tar", 40);
                 let drive = Drive {
                     path: tar_path.clone(),
-                    format: "raw".into(),
+                    format: DiskFormat::Raw,
                     readonly: true,
                     serial: IMPORT_SERIAL.into(),
                 };
-                let attached = backend.attach_drive(&control, "import", &drive);
-                let extracted = match attached {
+                let extracted = match attach(&backend, &control, "import", drive).await {
                     Ok(()) => {
                         op.phase("extract", &format!("extracting into {GUEST_REPO}"), 60);
-                        guest_script(
-                            self,
-                            vm,
-                            &scripts::extract_full_copy(IMPORT_SERIAL, req.readonly),
-                            &[],
-                        )
-                        .await
+                        let script = scripts::extract_full_copy(IMPORT_SERIAL, req.readonly);
+                        guest_script(self, vm, &script, &[]).await
                     }
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(e),
                 };
-                if let Err(e) = backend.detach_drive(&control, "import") {
-                    tracing::warn!(vm = %vm.name, "detaching the import drive: {e}");
-                }
+                detach(&backend, &control, "import", &vm.name).await;
                 let _ = std::fs::remove_file(&tar_path);
                 extracted?;
             }
@@ -223,7 +194,7 @@ impl VmService {
     }
 
     /// Remounts an overlay workspace after a boot.
-    pub async fn remount_workspace(&self, vm: &VmInfo) -> R<()> {
+    pub async fn remount_workspace(&self, vm: &VmRecord) -> R<()> {
         match &vm.workspace {
             Some(ws) if ws.mode == Mode::Overlay.as_str() => {
                 guest_script(self, vm, &scripts::mount_overlay(DRIVE_SERIAL), &[]).await?;
@@ -234,7 +205,7 @@ impl VmService {
     }
 
     /// The workspace drive a VM boots with (overlay mode only).
-    pub fn workspace_drive(&self, vm: &VmInfo) -> Option<Drive> {
+    pub fn workspace_drive(&self, vm: &VmRecord) -> Option<Drive> {
         let ws = vm.workspace.as_ref()?;
         (ws.mode == Mode::Overlay.as_str()).then(|| self.overlay_drive(&vm.name))
     }
@@ -243,7 +214,7 @@ impl VmService {
     fn overlay_drive(&self, vm: &str) -> Drive {
         Drive {
             path: self.layout().vm_workspace_image(vm),
-            format: "raw".into(),
+            format: DiskFormat::Raw,
             readonly: true,
             serial: DRIVE_SERIAL.into(),
         }
@@ -259,34 +230,49 @@ impl VmService {
         banger_api::validate_vm_name(name)?;
         if let Some(b) = base {
             if b.len() < 4 || b.len() > 64 || !b.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("--base-commit {b:?} is not a commit id; pass a hex SHA such as the output of `git rev-parse HEAD`"),
-                ));
+                return Err(VmError::InvalidArgument(format!(
+                    "--base-commit {b:?} is not a commit id; pass a hex SHA such as the output of `git rev-parse HEAD`"
+                )));
             }
         }
-        let vm = self.show(name)?;
-        if vm.workspace.is_none() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidState,
-                format!("VM {name:?} has no workspace; create one with `banger workspace prepare {name} --repo PATH`"),
-            ));
-        }
-        must_run(&vm, "exporting")?;
-        let op = self.ops.begin("workspace_export", &[name], sink)?;
-        op.phase("diff", "computing the patch in the guest", 20);
-        let result = guest_script(self, &vm, scripts::EXPORT, &[base.unwrap_or("")]).await;
-        op.finish(&result);
-        result
+        self.refresh_all().await;
+        self.run_op(
+            "workspace_export",
+            name,
+            sink,
+            export_allowed,
+            async |op, vm| {
+                op.phase("diff", "computing the patch in the guest", 20);
+                guest_script(self, &vm, scripts::EXPORT, &[base.unwrap_or("")]).await
+            },
+        )
+        .await
     }
 }
 
-fn already_prepared(name: &str, ws: &WorkspaceInfo) -> ApiError {
-    ApiError::new(
-        ErrorCode::AlreadyExists,
-        format!(
-            "VM {name:?} already has a workspace ({} of {} at {}); export your work and use a fresh VM for another",
-            ws.mode, ws.source, ws.head
-        ),
-    )
+/// Prepare needs a running VM without a workspace.
+fn prepare_allowed(vm: &VmRecord) -> R<()> {
+    runner::running(vm)?;
+    match &vm.workspace {
+        Some(ws) => Err(already_prepared(&vm.name, ws)),
+        None => Ok(()),
+    }
+}
+
+/// Export needs a workspace in a running VM.
+fn export_allowed(vm: &VmRecord) -> R<()> {
+    if vm.workspace.is_none() {
+        return Err(VmError::Lacks(format!(
+            "VM {:?} has no workspace; create one with `banger workspace prepare {} --repo PATH`",
+            vm.name, vm.name
+        )));
+    }
+    runner::running(vm)
+}
+
+fn already_prepared(name: &str, ws: &WorkspaceInfo) -> VmError {
+    VmError::Exists(format!(
+        "VM {name:?} already has a workspace ({} of {} at {}); export your work and use a fresh VM for another",
+        ws.mode, ws.source, ws.head
+    ))
 }

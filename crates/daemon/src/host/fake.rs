@@ -1,0 +1,441 @@
+//! Fakes for every port, sharing one in-memory [`World`]: bridges, taps,
+//! iptables rules, VMM processes and their drives. Files the fakes make
+//! (keys, config drives, disks) are real files in the test's directories.
+//! Every call that changes the host, and every guest command, is a
+//! numbered point: [`World::arm`] makes the Nth one fail, or crash the
+//! daemon (a panic that unwinds the operation, as a killed daemon stops
+//! mid-step: nothing after it runs).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::{BoxFuture, GuestLink, Host, Net, Provision};
+use crate::cmd::CmdError;
+use crate::disk::{CowDisk, DiskError, Strategy};
+use crate::guest::configdrive::Identity;
+use crate::guest::GuestError;
+use crate::hostnat::Iptables;
+use crate::hostnet::{NetError, Subnet};
+use crate::pathio::FromPathIo;
+use crate::vmm::{
+    BootDrives, Capabilities, DiskFormat, Drive, KernelFormat, LaunchSpec, RuntimeHandle, Vmm,
+    VmmError,
+};
+
+/// The panic payload of a simulated daemon crash.
+#[derive(Debug)]
+pub struct SimulatedCrash(pub String);
+
+/// What an armed fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The call returns an error.
+    Fail,
+    /// The daemon dies in the call.
+    Crash,
+}
+
+/// A fake VMM process.
+#[derive(Debug, Clone)]
+pub struct FakeProc {
+    pub name: String,
+    pub start_time: u64,
+    pub alive: bool,
+    pub control: PathBuf,
+    pub drives: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct State {
+    bridges: BTreeSet<String>,
+    taps: BTreeSet<String>,
+    /// (table, "-A CHAIN spec...") in order, as iptables keeps them.
+    rules: Vec<(String, String)>,
+    procs: BTreeMap<u32, FakeProc>,
+    calls: Vec<String>,
+    fault: Option<(usize, FaultKind)>,
+}
+
+/// The fake host's state, shared by every fake port (and surviving a
+/// simulated daemon crash, as the real host does).
+#[derive(Clone, Default)]
+pub struct World(Arc<Mutex<State>>);
+
+impl World {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every port, faked on this world.
+    pub fn host(&self) -> Host {
+        Host {
+            net: Arc::new(FakeNet(self.clone())),
+            nat: Arc::new(FakeIptables(self.clone())),
+            provision: Arc::new(FakeProvision(self.clone())),
+            guest: Arc::new(FakeGuest(self.clone())),
+            disks: vec![Arc::new(FakeDisk(self.clone()))],
+            backends: vec![Arc::new(FakeVmm(self.clone()))],
+        }
+    }
+
+    /// Forgets the points counted so far; the next call is point 0.
+    pub fn reset_calls(&self) {
+        self.state().calls.clear();
+    }
+
+    /// Makes point `index` (counted from the last reset) fail or crash.
+    pub fn arm(&self, index: usize, kind: FaultKind) {
+        self.state().fault = Some((index, kind));
+    }
+
+    pub fn disarm(&self) {
+        self.state().fault = None;
+    }
+
+    /// The points reached since the last reset, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.state().calls.clone()
+    }
+
+    /// Counts a point; fails or crashes there when armed for it.
+    fn hit(&self, point: &str) -> Result<(), String> {
+        let fired = {
+            let mut st = self.state();
+            let index = st.calls.len();
+            st.calls.push(point.to_string());
+            match st.fault {
+                Some((at, kind)) if at == index => {
+                    st.fault = None;
+                    Some(kind)
+                }
+                _ => None,
+            }
+        };
+        match fired {
+            None => Ok(()),
+            Some(FaultKind::Fail) => Err(format!("injected failure at {point}")),
+            Some(FaultKind::Crash) => std::panic::panic_any(SimulatedCrash(point.to_string())),
+        }
+    }
+
+    pub fn taps(&self) -> BTreeSet<String> {
+        self.state().taps.clone()
+    }
+
+    pub fn rules(&self) -> Vec<(String, String)> {
+        self.state().rules.clone()
+    }
+
+    pub fn live_procs(&self) -> BTreeMap<u32, FakeProc> {
+        self.state()
+            .procs
+            .iter()
+            .filter(|(_, p)| p.alive)
+            .map(|(pid, p)| (*pid, p.clone()))
+            .collect()
+    }
+
+    /// Kills a fake VMM behind the daemon's back (a guest that powered off).
+    pub fn exit_process(&self, name: &str) {
+        for p in self.state().procs.values_mut() {
+            if p.name == name {
+                p.alive = false;
+            }
+        }
+    }
+}
+
+fn failed(message: String) -> CmdError {
+    CmdError::Failed {
+        command: "fake".into(),
+        status: "exit status: 1".into(),
+        stderr: message,
+    }
+}
+
+struct FakeNet(World);
+
+impl Net for FakeNet {
+    fn ensure_bridge(&self, bridge: &str, _subnet: &Subnet) -> Result<(), NetError> {
+        self.0.hit("net.ensure_bridge").map_err(failed)?;
+        self.0.state().bridges.insert(bridge.to_string());
+        Ok(())
+    }
+    fn ensure_tap(&self, tap: &str, _bridge: &str) -> Result<(), NetError> {
+        self.0.hit("net.ensure_tap").map_err(failed)?;
+        self.0.state().taps.insert(tap.to_string());
+        Ok(())
+    }
+    fn remove_tap(&self, tap: &str) -> Result<(), NetError> {
+        self.0.hit("net.remove_tap").map_err(failed)?;
+        self.0.state().taps.remove(tap);
+        Ok(())
+    }
+    fn list_taps(&self) -> Result<Vec<String>, NetError> {
+        self.0.hit("net.list_taps").map_err(failed)?;
+        Ok(self.0.taps().into_iter().collect())
+    }
+}
+
+/// iptables with the rules in memory, answering `-C`, `-A`, `-I`, `-D` and
+/// `-S` as the real one does. Checks (`-C`) are never fault points: only
+/// changes and listings are.
+#[derive(Clone, Default)]
+pub struct FakeIptables(pub World);
+
+impl FakeIptables {
+    fn render(args: &[String]) -> String {
+        args.iter()
+            .map(|a| {
+                if a.contains(' ') || a.contains(':') {
+                    format!("\"{a}\"")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// How many rules contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.0
+            .rules()
+            .iter()
+            .filter(|(_, r)| r.contains(needle))
+            .count()
+    }
+
+    pub fn push_rule(&self, table: &str, line: &str) {
+        self.0
+            .state()
+            .rules
+            .push((table.to_string(), line.to_string()));
+    }
+}
+
+impl Iptables for FakeIptables {
+    fn run(&self, args: &[String]) -> Result<String, CmdError> {
+        let table = args[1].clone();
+        let verb = args[2].as_str();
+        let chain = args[3].clone();
+        if verb != "-C" {
+            self.0
+                .hit(&format!("nat.iptables {verb}"))
+                .map_err(failed)?;
+        }
+        let line = format!("-A {chain} {}", Self::render(&args[4..]));
+        let mut st = self.0.state();
+        let pos = st.rules.iter().position(|(t, r)| *t == table && *r == line);
+        let bad = || failed("Bad rule (does a matching rule exist in that chain?)".into());
+        match verb {
+            "-C" => pos.map(|_| String::new()).ok_or_else(bad),
+            "-A" => {
+                st.rules.push((table, line));
+                Ok(String::new())
+            }
+            "-I" => {
+                st.rules.insert(0, (table, line));
+                Ok(String::new())
+            }
+            "-D" => {
+                st.rules.remove(pos.ok_or_else(bad)?);
+                Ok(String::new())
+            }
+            "-S" => Ok(st
+                .rules
+                .iter()
+                .filter(|(t, r)| *t == table && r.starts_with(&format!("-A {chain} ")))
+                .map(|(_, r)| format!("{r}\n"))
+                .collect()),
+            _ => Err(bad()),
+        }
+    }
+
+    fn enable_forwarding(&self) {}
+}
+
+struct FakeProvision(World);
+
+fn write(path: &Path, body: &str) -> Result<(), GuestError> {
+    std::fs::write(path, body).map_err(|e| GuestError::io(path, e))
+}
+
+impl Provision for FakeProvision {
+    fn generate_key(&self, path: &Path, comment: &str) -> Result<(), GuestError> {
+        self.0
+            .hit("provision.generate_key")
+            .map_err(GuestError::Failed)?;
+        write(path, "fake private key\n")?;
+        write(
+            &crate::guest::ssh::pub_path(path),
+            &format!("ssh-ed25519 AAAAfakekey {comment}\n"),
+        )
+    }
+    fn build_config_drive(&self, identity: &Identity, dest: &Path) -> Result<(), GuestError> {
+        self.0
+            .hit("provision.config_drive")
+            .map_err(GuestError::Failed)?;
+        write(dest, &identity.hostname)
+    }
+}
+
+struct FakeGuest(World);
+
+impl GuestLink for FakeGuest {
+    fn exec<'a>(
+        &'a self,
+        _ip: &'a str,
+        command: &'a str,
+        _stdin: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<Output, GuestError>> {
+        let word = command.split_whitespace().next().unwrap_or("").to_string();
+        let hit = self.0.hit(&format!("guest.exec {word}"));
+        Box::pin(async move {
+            hit.map_err(GuestError::Failed)?;
+            let stdout = match word.as_str() {
+                "ss" => b"tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=1,fd=3))\n"
+                    .to_vec(),
+                "sh" => b"diff --git a/x b/x\n".to_vec(),
+                _ => Vec::new(),
+            };
+            Ok(Output {
+                status: ExitStatus::from_raw(0),
+                stdout,
+                stderr: Vec::new(),
+            })
+        })
+    }
+}
+
+/// A copy-strategy disk that writes a small file instead of copying.
+struct FakeDisk(World);
+
+impl CowDisk for FakeDisk {
+    fn strategy(&self) -> Strategy {
+        Strategy::Copy
+    }
+    fn format(&self) -> DiskFormat {
+        DiskFormat::Raw
+    }
+    fn create(&self, _base: &Path, dest: &Path, _size_gib: u32) -> Result<(), DiskError> {
+        self.0.hit("disk.create").map_err(DiskError::Failed)?;
+        std::fs::write(dest, "disk").map_err(|e| DiskError::io(dest, e))
+    }
+    fn remove(&self, dest: &Path) -> Result<(), DiskError> {
+        self.0.hit("disk.remove").map_err(DiskError::Failed)?;
+        match std::fs::remove_file(dest) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DiskError::io(dest, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A VMM whose processes live in the world; the guest shuts down at once
+/// when asked.
+pub struct FakeVmm(pub World);
+
+impl FakeVmm {
+    fn control_err(point: &str, e: String) -> VmmError {
+        VmmError::Control(format!("{point}: {e}"))
+    }
+}
+
+impl Vmm for FakeVmm {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            hotplug_drives: true,
+            disk_formats: &[DiskFormat::Raw],
+            kernel: KernelFormat::BzImage,
+            needs_kvm: false,
+            snapshots: false,
+        }
+    }
+    fn kernel_cmdline(&self, name: &str) -> String {
+        format!("fake {name}")
+    }
+    fn drive_plan(&self, drives: BootDrives) -> Vec<Drive> {
+        let mut plan = vec![drives.root, drives.config];
+        plan.extend(drives.workspace);
+        plan
+    }
+    fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    fn launch(&self, spec: &LaunchSpec) -> Result<RuntimeHandle, VmmError> {
+        self.0.hit("vmm.launch").map_err(VmmError::Launch)?;
+        let mut st = self.0.state();
+        let pid = 1000 + st.procs.len() as u32;
+        let handle = RuntimeHandle {
+            pid,
+            start_time: u64::from(pid) * 7,
+        };
+        st.procs.insert(
+            pid,
+            FakeProc {
+                name: spec.name.clone(),
+                start_time: handle.start_time,
+                alive: true,
+                control: spec.control_socket.clone(),
+                drives: spec.drives.iter().map(|d| d.serial.clone()).collect(),
+            },
+        );
+        Ok(handle)
+    }
+    fn is_alive(&self, handle: &RuntimeHandle, name: &str) -> bool {
+        self.0
+            .state()
+            .procs
+            .get(&handle.pid)
+            .is_some_and(|p| p.alive && p.name == name && p.start_time == handle.start_time)
+    }
+    fn signal(&self, handle: &RuntimeHandle, _signal: i32) -> Result<(), VmmError> {
+        self.0
+            .hit("vmm.signal")
+            .map_err(|e| Self::control_err("signal", e))?;
+        if let Some(p) = self.0.state().procs.get_mut(&handle.pid) {
+            p.alive = false;
+        }
+        Ok(())
+    }
+    fn request_shutdown(&self, control_socket: &Path) -> Result<(), VmmError> {
+        self.0
+            .hit("vmm.request_shutdown")
+            .map_err(|e| Self::control_err("shutdown", e))?;
+        for p in self.0.state().procs.values_mut() {
+            if p.alive && p.control == control_socket {
+                p.alive = false;
+            }
+        }
+        Ok(())
+    }
+    fn attach_drive(&self, control: &Path, id: &str, _drive: &Drive) -> Result<(), VmmError> {
+        self.0
+            .hit("vmm.attach_drive")
+            .map_err(|e| Self::control_err("attach", e))?;
+        for p in self.0.state().procs.values_mut() {
+            if p.alive && p.control == control {
+                p.drives.insert(id.to_string());
+            }
+        }
+        Ok(())
+    }
+    fn detach_drive(&self, control: &Path, id: &str) -> Result<(), VmmError> {
+        self.0
+            .hit("vmm.detach_drive")
+            .map_err(|e| Self::control_err("detach", e))?;
+        for p in self.0.state().procs.values_mut() {
+            if p.control == control {
+                p.drives.remove(id);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! Booting a VM (first boot, start, restart): network, disk, accelerator,
+//! the backend's launch, then SSH. A boot that fails leaves no process and
+//! no tap, and the VM in `error` with the reason.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use banger_api::VmState;
+
+use super::error::{Context, VmError};
+use super::record::VmRecord;
+use super::service::{blocking, VmService, R};
+use crate::hostnat;
+use crate::layout::ensure_dir;
+use crate::opstate::Op;
+use crate::pathio::FromPathIo;
+use crate::vmm::{BootDrives, DiskFormat, Drive, LaunchSpec};
+
+/// The config drive's serial, as the guest looks for it.
+const CONFIG_SERIAL: &str = "banger-config";
+const ROOT_SERIAL: &str = "banger-root";
+
+impl VmService {
+    /// Boots `vm` and waits for SSH; returns it running.
+    pub(super) async fn boot(self: &Arc<Self>, op: &Op, mut vm: VmRecord, pct: u8) -> R<VmRecord> {
+        match self.boot_inner(op, &mut vm, pct).await {
+            Ok(()) => Ok(vm),
+            Err(e) => {
+                self.abort_boot(&mut vm, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort_boot(&self, vm: &mut VmRecord, e: &VmError) {
+        if self.is_alive(vm) {
+            if let Err(k) = self.force_kill(vm).await {
+                tracing::warn!(vm = %vm.name, "after a failed boot: {k}");
+            }
+        }
+        if let Err(t) = self.teardown_runtime(vm).await {
+            tracing::warn!(vm = %vm.name, "after a failed boot: {t}");
+        }
+        if let Err(t) = self.transition(vm, VmState::Error, None, Some(&e.to_string())) {
+            tracing::warn!(vm = %vm.name, "after a failed boot: {t}");
+        }
+    }
+
+    async fn boot_inner(self: &Arc<Self>, op: &Op, vm: &mut VmRecord, pct: u8) -> R<()> {
+        let l = self.layout().clone();
+        let image = l.image(&vm.image);
+        if !image.exists() {
+            return Err(VmError::ImageMissing(format!(
+                "image {:?} of VM {:?} is gone; rebuild it with `banger image build {}`",
+                vm.image, vm.name, vm.image
+            )));
+        }
+        let backend = self.backend_of(vm)?;
+        op.phase(
+            "network",
+            &format!("tap {} on bridge {}", vm.tap, self.cfg.bridge),
+            pct,
+        );
+        self.plug_network(vm).await?;
+        let run_dir = l.vm_run_dir(&vm.name);
+        ensure_dir(&run_dir, 0o700).map_err(|e| VmError::Host(FromPathIo::io(&run_dir, e)))?;
+        let root = self.activate_disk(vm).await?;
+        if backend.probe_pending() {
+            op.phase(
+                "accel",
+                "checking once whether KVM can boot a guest on this host (up to 8 s; the verdict is kept)",
+                pct + 5,
+            );
+            let (b, kernel) = (backend.clone(), image.kernel());
+            blocking(move || b.probe(&kernel)).await;
+        }
+        let drives = backend.drive_plan(BootDrives {
+            root,
+            config: Drive {
+                path: l.vm_config_drive(&vm.name),
+                format: DiskFormat::Raw,
+                readonly: true,
+                serial: CONFIG_SERIAL.into(),
+            },
+            workspace: self.workspace_drive(vm),
+        });
+        let spec = LaunchSpec {
+            name: vm.name.clone(),
+            kernel: image.kernel(),
+            initrd: image.initrd(),
+            cmdline: backend.kernel_cmdline(&vm.name),
+            drives,
+            tap: vm.tap.clone(),
+            mac: vm.mac.clone(),
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            console_log: l.vm_console_log(&vm.name),
+            pid_file: l.vm_pid_file(&vm.name),
+            control_socket: l.vm_control_socket(&vm.name),
+        };
+        op.phase(
+            "boot",
+            &format!("starting {} ({})", vm.name, backend.name()),
+            pct + 10,
+        );
+        let b = backend.clone();
+        let handle = blocking(move || b.launch(&spec))
+            .await
+            .context(|| format!("booting {}", vm.name))?;
+        self.transition(vm, VmState::Running, Some(handle), None)?;
+        op.phase("ssh", &format!("waiting for SSH on {}", vm.ip), pct + 20);
+        let took = self.wait_ready(vm).await?;
+        if vm.workspace.is_some() {
+            op.phase("workspace", "mounting the workspace", pct + 25);
+            self.remount_workspace(vm).await?;
+        }
+        op.phase(
+            "ready",
+            &format!("{} answers SSH ({:.1}s)", vm.name, took.as_secs_f64()),
+            100,
+        );
+        Ok(())
+    }
+
+    /// Bridge, isolation or NAT rules, tap.
+    async fn plug_network(&self, vm: &VmRecord) -> R<()> {
+        let (net, nat) = (self.host.net.clone(), self.host.nat.clone());
+        let (bridge, subnet) = (self.cfg.bridge.clone(), self.cfg.subnet);
+        blocking(move || net.ensure_bridge(&bridge, &subnet))
+            .await
+            .context(|| format!("setting up bridge {}", self.cfg.bridge))?;
+        self.ensure_isolation(vm.nat).await?;
+        if vm.nat {
+            let (name, ip, bridge) = (vm.name.clone(), vm.ip.clone(), self.cfg.bridge.clone());
+            blocking(move || hostnat::install(nat.as_ref(), &name, &ip, &bridge))
+                .await
+                .context(|| format!("installing the NAT rules of {}", vm.name))?;
+        }
+        let net = self.host.net.clone();
+        let (tap, bridge) = (vm.tap.clone(), self.cfg.bridge.clone());
+        blocking(move || net.ensure_tap(&tap, &bridge))
+            .await
+            .context(|| format!("creating tap {}", vm.tap))
+    }
+
+    /// The root disk, made usable; what the VMM opens.
+    async fn activate_disk(&self, vm: &VmRecord) -> R<Drive> {
+        let disk = self.host.disk(vm.disk).ok_or_else(|| {
+            VmError::HostMissing(format!(
+                "VM {:?} has a {} disk, which this daemon cannot set up",
+                vm.name,
+                vm.disk.as_str()
+            ))
+        })?;
+        let base = self.layout().image(&vm.image).rootfs();
+        let dest = self.layout().vm_disk(&vm.name, vm.disk);
+        let format = disk.format();
+        let path = blocking(move || disk.activate(&base, &dest))
+            .await
+            .context(|| format!("activating the root disk of {}", vm.name))?;
+        Ok(Drive {
+            path,
+            format,
+            readonly: false,
+            serial: ROOT_SERIAL.into(),
+        })
+    }
+
+    /// Polls until SSH answers (a `true` that exits 0), or the boot timeout
+    /// passes; a VMM that died ends the wait early.
+    async fn wait_ready(&self, vm: &VmRecord) -> R<Duration> {
+        let start = Instant::now();
+        let mut last = String::new();
+        let timeout = self.cfg.boot_timeout;
+        while start.elapsed() < timeout {
+            if !self.is_alive(vm) {
+                return Err(VmError::Failed(format!(
+                    "{} stopped while booting; `banger vm logs {}` shows its console",
+                    vm.name, vm.name
+                )));
+            }
+            match self.host.guest.exec(&vm.ip, "true", None).await {
+                Ok(out) if out.status.success() => return Ok(start.elapsed()),
+                Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(VmError::Failed(format!(
+            "SSH on {} did not answer within {}s (last: {last}); `banger vm logs {}` shows the console",
+            vm.name,
+            timeout.as_secs(),
+            vm.name
+        )))
+    }
+}

@@ -1,0 +1,209 @@
+//! `vm create`: validate, pick the backend and the disk strategy, take a
+//! slot, provision (host key, config drive, root disk), boot. A create that
+//! fails leaves nothing behind: the VM, its files and its host resources
+//! are removed, and the name is free again.
+
+use std::sync::Arc;
+
+use banger_api::{VmInfo, VmSpec};
+
+use super::error::{Context, VmError};
+use super::record::VmRecord;
+use super::service::{blocking, VmService, R};
+use crate::disk;
+use crate::guest::{configdrive, ssh};
+use crate::layout::ensure_dir;
+use crate::opstate::{Op, Sink};
+use crate::pathio::FromPathIo;
+use crate::vmm::Vmm;
+
+/// Resource limits `vm create` accepts.
+const MAX_CPUS: u32 = 64;
+const MIN_MEMORY_MIB: u32 = 256;
+const MAX_DISK_GIB: u32 = 2048;
+
+impl VmService {
+    pub async fn create(
+        self: &Arc<Self>,
+        spec: VmSpec,
+        owner_uid: u32,
+        sink: Option<Sink>,
+    ) -> R<VmInfo> {
+        banger_api::validate_vm_name(&spec.name)?;
+        banger_api::validate_image_name(&spec.image)?;
+        check_resources(&spec)?;
+        let backend = self.backend_for_new_vm()?;
+        if self.store.get_vm(&spec.name)?.is_some() {
+            return Err(VmError::Duplicate(spec.name));
+        }
+        let op = self.ops.begin("vm_create", &[&spec.name], sink)?;
+        let result = self.create_inner(&op, spec, owner_uid, backend).await;
+        op.finish(&result);
+        result
+    }
+
+    async fn create_inner(
+        self: &Arc<Self>,
+        op: &Op,
+        spec: VmSpec,
+        owner_uid: u32,
+        backend: Arc<dyn Vmm>,
+    ) -> R<VmInfo> {
+        self.ensure_image(op, &spec.image).await?;
+        self.check_disk_size(&spec)?;
+        let vms_dir = self.layout().state_dir.join("vms");
+        let strategy = disk::choose(
+            &self.host.disks,
+            backend.capabilities().disk_formats,
+            &vms_dir,
+        )
+        .ok_or_else(|| {
+            VmError::HostMissing(format!(
+                "no copy-on-write disk strategy on this host suits the {} backend; `banger doctor` says what is missing",
+                backend.name()
+            ))
+        })?
+        .strategy();
+        let draft = VmRecord::draft(&spec, backend.name(), strategy, owner_uid);
+        let vm = self.store.insert_vm(&draft, &self.plan())?;
+        op.phase(
+            "provision",
+            &format!(
+                "disk ({}), keys and config drive for {} ({})",
+                strategy.as_str(),
+                vm.name,
+                vm.ip
+            ),
+            40,
+        );
+        let made = match self.provision(&vm).await {
+            Ok(()) => self.boot(op, vm.clone(), 50).await,
+            Err(e) => Err(e),
+        };
+        match made {
+            Ok(vm) => Ok(vm.info()),
+            Err(e) => {
+                let e = self.with_console_tail(&vm, e);
+                self.rollback_create(&vm).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn check_disk_size(&self, spec: &VmSpec) -> R<()> {
+        let rootfs = self.layout().image(&spec.image).rootfs();
+        let bytes = std::fs::metadata(&rootfs).map(|m| m.len()).unwrap_or(0);
+        let min_gib = bytes.div_ceil(1 << 30) as u32;
+        if spec.disk_gib < min_gib {
+            return Err(VmError::InvalidArgument(format!(
+                "--disk {} GiB is smaller than the image ({min_gib} GiB); use --disk {min_gib} or more",
+                spec.disk_gib
+            )));
+        }
+        Ok(())
+    }
+
+    /// Per-VM files: host key (pinned), config drive, root disk.
+    async fn provision(self: &Arc<Self>, vm: &VmRecord) -> R<()> {
+        let this = self.clone();
+        let vm = vm.clone();
+        blocking(move || this.provision_blocking(&vm)).await
+    }
+
+    fn provision_blocking(&self, vm: &VmRecord) -> R<()> {
+        let l = self.layout();
+        let dir = l.vm_dir(&vm.name);
+        ensure_dir(&dir, 0o700).map_err(|e| VmError::Host(FromPathIo::io(&dir, e)))?;
+        let host_key = l.vm_host_key(&vm.name);
+        self.host
+            .provision
+            .generate_key(&host_key, &format!("{}.vm", vm.name))
+            .context(|| format!("generating the host key of {}", vm.name))?;
+        let read = |p: std::path::PathBuf| {
+            std::fs::read_to_string(&p).map_err(|e| VmError::Host(FromPathIo::io(&p, e)))
+        };
+        let host_pub = read(ssh::pub_path(&host_key))?;
+        let identity = configdrive::Identity {
+            hostname: vm.name.clone(),
+            ip: vm.ip.clone(),
+            prefix: self.cfg.subnet.prefix,
+            gateway: self.cfg.subnet.gateway().to_string(),
+            dns: self.cfg.subnet.gateway().to_string(),
+            authorized_key: ssh::public_key(&l.client_key())?,
+            host_key_private: read(host_key.clone())?,
+            host_key_public: host_pub.clone(),
+        };
+        self.host
+            .provision
+            .build_config_drive(&identity, &l.vm_config_drive(&vm.name))
+            .context(|| format!("building the config drive of {}", vm.name))?;
+        let disk = self.host.disk(vm.disk).ok_or_else(|| {
+            VmError::HostMissing(format!(
+                "disk strategy {} is not available",
+                vm.disk.as_str()
+            ))
+        })?;
+        let dest = l.vm_disk(&vm.name, vm.disk);
+        if !dest.exists() {
+            disk.create(&l.image(&vm.image).rootfs(), &dest, vm.disk_gib)
+                .context(|| format!("creating the root disk of {}", vm.name))?;
+        }
+        ssh::pin_host_key(l, &vm.name, &vm.ip, &host_pub)?;
+        Ok(())
+    }
+
+    /// Removes everything a failed create made. If that fails too, the VM
+    /// stays in `error` for `vm delete` to finish.
+    async fn rollback_create(&self, vm: &VmRecord) {
+        let Ok(mut vm) = self.record(&vm.name) else {
+            return;
+        };
+        if self.is_alive(&vm) {
+            if let Err(e) = self.force_kill(&vm).await {
+                tracing::warn!(vm = %vm.name, "rolling back: {e}");
+            }
+        }
+        if let Err(e) = self.remove_everything(&vm).await {
+            tracing::warn!(vm = %vm.name, "rolling back the create: {e}");
+            let why = format!("a failed create could not be undone ({e}); delete it");
+            let to = banger_api::VmState::Error;
+            if let Err(t) = self.transition(&mut vm, to, None, Some(&why)) {
+                tracing::warn!(vm = %vm.name, "{t}");
+            }
+        }
+    }
+
+    /// Adds the console's last line to a boot failure: the VM and its log
+    /// are about to go.
+    fn with_console_tail(&self, vm: &VmRecord, e: VmError) -> VmError {
+        let log = std::fs::read(self.layout().vm_console_log(&vm.name)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&log);
+        match text.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+            Some(last) => e.context(format!("{} (last console line: {last:?})", vm.name)),
+            None => e,
+        }
+    }
+}
+
+fn check_resources(spec: &VmSpec) -> R<()> {
+    let bad = |m: String| Err(VmError::InvalidArgument(m));
+    if spec.cpus == 0 || spec.cpus > MAX_CPUS {
+        return bad(format!(
+            "--cpus {} is out of range; use 1 to {MAX_CPUS}",
+            spec.cpus
+        ));
+    }
+    if spec.memory_mib < MIN_MEMORY_MIB {
+        return bad(format!(
+            "--memory {} MiB is too small; use at least {MIN_MEMORY_MIB}",
+            spec.memory_mib
+        ));
+    }
+    if spec.disk_gib == 0 || spec.disk_gib > MAX_DISK_GIB {
+        return bad(format!(
+            "--disk {} GiB is out of range; use 1 to {MAX_DISK_GIB}",
+            spec.disk_gib
+        ));
+    }
+    Ok(())
+}

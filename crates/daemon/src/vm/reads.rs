@@ -1,0 +1,108 @@
+//! Reads (`vm list`, `vm show`, `vm ports`, what `vm ssh` and `vm logs`
+//! need) and housekeeping (VMMs that exited on their own, console logs).
+
+use std::path::PathBuf;
+
+use banger_api::{PortInfo, SshInfo, VmInfo, VmState};
+
+use super::error::VmError;
+use super::runner;
+use super::service::{VmService, R};
+
+impl VmService {
+    pub async fn list(&self) -> R<Vec<VmInfo>> {
+        self.refresh_all().await;
+        Ok(self.store.list_vms()?.iter().map(|v| v.info()).collect())
+    }
+
+    pub async fn show(&self, name: &str) -> R<VmInfo> {
+        banger_api::validate_vm_name(name)?;
+        self.refresh_all().await;
+        Ok(self.record(name)?.info())
+    }
+
+    /// What the CLI needs to run OpenSSH against a running VM.
+    pub async fn ssh_info(&self, name: &str) -> R<SshInfo> {
+        banger_api::validate_vm_name(name)?;
+        self.refresh_all().await;
+        let vm = self.record(name)?;
+        runner::running(&vm)?;
+        let l = self.layout();
+        Ok(SshInfo {
+            ip: vm.ip,
+            user: "root".into(),
+            identity_file: l.client_key().display().to_string(),
+            known_hosts: l.known_hosts().display().to_string(),
+            config_file: l.ssh_config().display().to_string(),
+        })
+    }
+
+    /// Where the VM's serial console is logged.
+    pub fn console_log_path(&self, name: &str) -> R<PathBuf> {
+        banger_api::validate_vm_name(name)?;
+        self.record(name)?;
+        Ok(self.layout().vm_console_log(name))
+    }
+
+    /// The guest's listening sockets, with endpoints by name when the VM
+    /// has a DNS record.
+    pub async fn ports(&self, name: &str) -> R<Vec<PortInfo>> {
+        banger_api::validate_vm_name(name)?;
+        self.refresh_all().await;
+        let vm = self.record(name)?;
+        if vm.state != VmState::Running {
+            return Err(VmError::state(
+                name,
+                vm.state,
+                format!("start it with `banger vm start {name}` to see its ports"),
+            ));
+        }
+        let out = self.host.guest.exec(&vm.ip, "ss -H -tulnp", None).await?;
+        if !out.status.success() {
+            return Err(VmError::Failed(format!(
+                "listing sockets in {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let host = if self.dns_running.load(std::sync::atomic::Ordering::Relaxed) {
+            format!("{name}.vm")
+        } else {
+            vm.ip.clone()
+        };
+        Ok(super::ports::parse_ss(
+            &String::from_utf8_lossy(&out.stdout),
+            &host,
+        ))
+    }
+
+    /// Marks running VMs whose VMM has exited (a guest that powered itself
+    /// off) as stopped and cleans their runtime resources. VMs held by an
+    /// operation are left to it.
+    pub async fn refresh_all(&self) {
+        let Ok(vms) = self.store.list_vms() else {
+            return;
+        };
+        for mut vm in vms {
+            if vm.state != VmState::Running || self.ops.is_held(&vm.name) || self.is_alive(&vm) {
+                continue;
+            }
+            tracing::info!(vm = %vm.name, "VMM exited on its own; marking stopped");
+            if let Err(e) = self.settle_exited(&mut vm, VmState::Stopped).await {
+                tracing::warn!(vm = %vm.name, "{e}");
+            }
+        }
+    }
+
+    /// Keeps every console log under `max` bytes, keeping the newest half.
+    pub fn cap_console_logs(&self, max: u64) {
+        let Ok(vms) = self.store.list_vms() else {
+            return;
+        };
+        for vm in vms {
+            let path = self.layout().vm_console_log(&vm.name);
+            if let Err(e) = crate::logcap::cap(&path, max) {
+                tracing::warn!(vm = %vm.name, "capping {}: {e}", path.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The VM as the daemon stores it: everything the wire type [`VmInfo`]
+//! shows, plus what only the daemon needs (the runtime handle, the owner).
+
+use banger_api::types::WorkspaceInfo;
+use banger_api::{VmInfo, VmSpec, VmState};
+
+use crate::disk::Strategy;
+use crate::vmm::RuntimeHandle;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRecord {
+    pub name: String,
+    pub state: VmState,
+    /// The pool slot; IP, MAC and tap follow from it.
+    pub slot: u32,
+    pub ip: String,
+    pub mac: String,
+    pub tap: String,
+    /// The VMM backend (`Vmm::name`) that runs this VM.
+    pub backend: String,
+    /// How the root disk is made over the image.
+    pub disk: Strategy,
+    /// The VMM process while the VM may be running.
+    pub runtime: Option<RuntimeHandle>,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_gib: u32,
+    pub image: String,
+    pub nat: bool,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+    /// Why the VM is in `error`, when it is.
+    pub last_error: Option<String>,
+    pub workspace: Option<WorkspaceInfo>,
+    /// The uid of the caller that created it.
+    pub owner_uid: u32,
+}
+
+impl VmRecord {
+    /// A VM about to be created; the store fills in its slot and addresses.
+    pub fn draft(spec: &VmSpec, backend: &str, disk: Strategy, owner_uid: u32) -> Self {
+        VmRecord {
+            name: spec.name.clone(),
+            state: VmState::Creating,
+            slot: 0,
+            ip: String::new(),
+            mac: String::new(),
+            tap: String::new(),
+            backend: backend.to_string(),
+            disk,
+            runtime: None,
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            disk_gib: spec.disk_gib,
+            image: spec.image.clone(),
+            nat: spec.nat,
+            created_at: crate::store::now(),
+            last_error: None,
+            workspace: None,
+            owner_uid,
+        }
+    }
+
+    /// What `vm show --json` prints.
+    pub fn info(&self) -> VmInfo {
+        VmInfo {
+            name: self.name.clone(),
+            state: self.state,
+            ip: self.ip.clone(),
+            mac: self.mac.clone(),
+            tap: self.tap.clone(),
+            slot: self.slot,
+            vmm: self.backend.clone(),
+            disk_strategy: self.disk.as_str().to_string(),
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            disk_gib: self.disk_gib,
+            image: self.image.clone(),
+            nat: self.nat,
+            created_at: self.created_at,
+            pid: self.runtime.map(|r| r.pid),
+            last_error: self.last_error.clone(),
+            workspace: self.workspace.clone(),
+        }
+    }
+}
