@@ -131,6 +131,33 @@ pub struct SshInfo {
     pub config_file: String,
 }
 
+impl SshInfo {
+    /// The OpenSSH options for this VM (see [`ssh_client_args`]).
+    pub fn client_args(&self) -> Vec<String> {
+        ssh_client_args(&self.identity_file, &self.known_hosts)
+    }
+}
+
+/// Options every banger SSH invocation uses, the daemon's and the CLI's:
+/// banger's key, banger's known_hosts, strict host key checking, no agent
+/// or user config.
+pub fn ssh_client_args(identity_file: &str, known_hosts: &str) -> Vec<String> {
+    vec![
+        "-F".into(),
+        "/dev/null".into(),
+        "-i".into(),
+        identity_file.to_string(),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={known_hosts}"),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        "LogLevel=ERROR".into(),
+    ]
+}
+
 /// A listening socket in a guest, as `vm ports` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortInfo {

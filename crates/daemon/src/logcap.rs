@@ -1,5 +1,5 @@
 //! Keeps a log file under a size limit by dropping its oldest half. The
-//! writer (QEMU) appends, so it carries on at the new end.
+//! writer (the VMM) appends, so it carries on at the new end.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use banger_api::{client, ErrorCode, ImageInfo, Request, VmInfo, VmSpec};
 use bangerd::layout::Layout;
 use bangerd::vmm::accel::AccelChoice;
-use bangerd::{Config, VmmChoice};
+use bangerd::Config;
 
 mod common;
 
@@ -33,7 +33,7 @@ impl Daemon {
             layout: Layout::new(state.clone(), dir.path().join("run"), None),
             bridge: "banger-test0".into(),
             subnet: "10.77.0.0/24".parse().unwrap(),
-            vmm: VmmChoice::Qemu,
+            vmm: "qemu".parse().unwrap(),
             accel: AccelChoice::Tcg,
             boot_timeout: Duration::from_secs(5),
             build_netns: None,

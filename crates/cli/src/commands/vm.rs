@@ -270,10 +270,7 @@ fn ssh_info(socket: &Path, name: &str) -> anyhow::Result<SshInfo> {
 
 fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {
     let mut c = std::process::Command::new("ssh");
-    c.args(bangerd::guest::ssh::client_args(
-        &info.identity_file,
-        &info.known_hosts,
-    ));
+    c.args(info.client_args());
     if batch {
         c.args(["-o", "BatchMode=yes"]);
     }

@@ -108,28 +108,10 @@ fn edit_known_hosts(layout: &Layout, name: &str, add: Option<&str>) -> Result<()
 /// Options every banger SSH invocation uses: our key, our known_hosts,
 /// strict host key checking, no agent or user config.
 pub fn base_args(layout: &Layout) -> Vec<String> {
-    client_args(
+    banger_api::types::ssh_client_args(
         &layout.client_key().display().to_string(),
         &layout.known_hosts().display().to_string(),
     )
-}
-
-/// The same options from explicit paths (the CLI gets them from the daemon).
-pub fn client_args(identity_file: &str, known_hosts: &str) -> Vec<String> {
-    vec![
-        "-F".into(),
-        "/dev/null".into(),
-        "-i".into(),
-        identity_file.to_string(),
-        "-o".into(),
-        "IdentitiesOnly=yes".into(),
-        "-o".into(),
-        format!("UserKnownHostsFile={known_hosts}"),
-        "-o".into(),
-        "StrictHostKeyChecking=yes".into(),
-        "-o".into(),
-        "LogLevel=ERROR".into(),
-    ]
 }
 
 /// Runs `command` in the guest as root and returns its output.

@@ -11,7 +11,6 @@ use crate::hostnat::SystemIptables;
 use crate::hostnet::{bridge, tap, NetError, Subnet};
 use crate::layout::Layout;
 use crate::vmm::accel::AccelChoice;
-use crate::vmm::qemu::Qemu;
 
 /// `ip link`/`ip tuntap`.
 pub struct IpNet;
@@ -59,8 +58,8 @@ impl GuestLink for OpenSsh {
     }
 }
 
-/// The real host: every adapter above, the disk strategies this build
-/// has, and the QEMU backend with `accel`.
+/// The real host: every adapter above, and the disk strategies and VMM
+/// backends this build has.
 pub fn host(layout: &Layout, accel: AccelChoice) -> Host {
     let verdict = layout.state_dir.join("accel-probe");
     Host {
@@ -71,6 +70,6 @@ pub fn host(layout: &Layout, accel: AccelChoice) -> Host {
             layout: layout.clone(),
         }),
         disks: crate::disk::system_strategies(),
-        backends: vec![Arc::new(Qemu::new(accel, verdict))],
+        backends: crate::vmm::system_backends(accel, verdict),
     }
 }

@@ -19,6 +19,8 @@ pub struct Report {
     pub removed_taps: Vec<String>,
     pub removed_dirs: Vec<String>,
     pub removed_nat: Vec<String>,
+    /// Disk devices set up for disks no VM has (see `CowDisk::leaked`).
+    pub leaked_disks: Vec<String>,
     pub failed_ops: usize,
 }
 
@@ -54,6 +56,16 @@ pub async fn reconcile(svc: &VmService) -> Report {
         Err(e) => tracing::warn!("reconciling NAT rules: {e}"),
     }
     report.removed_dirs = remove_stray_dirs(svc, &vms);
+    let known: Vec<_> = vms
+        .iter()
+        .map(|v| svc.layout().vm_disk(&v.name, v.disk))
+        .collect();
+    for disk in &svc.host.disks {
+        report.leaked_disks.extend(disk.leaked(&known));
+    }
+    if !report.leaked_disks.is_empty() {
+        tracing::warn!(leaked = ?report.leaked_disks, "disk devices no VM owns");
+    }
     tracing::info!(?report, "reconciled host state");
     report
 }

@@ -19,29 +19,10 @@ use crate::layout::Layout;
 use crate::opstate::OpTracker;
 use crate::store::Store;
 use crate::vmm::accel::AccelChoice;
+pub use crate::vmm::VmmChoice;
 use crate::vmm::{RuntimeHandle, Vmm};
 
 pub type R<T> = Result<T, VmError>;
-
-/// `--vmm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmmChoice {
-    Auto,
-    Qemu,
-    Firecracker,
-}
-
-impl std::str::FromStr for VmmChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(VmmChoice::Auto),
-            "qemu" => Ok(VmmChoice::Qemu),
-            "firecracker" => Ok(VmmChoice::Firecracker),
-            _ => Err(format!("unknown VMM {s:?}; use auto, qemu or firecracker")),
-        }
-    }
-}
 
 /// The daemon's settings.
 #[derive(Debug, Clone)]
@@ -112,9 +93,8 @@ impl VmService {
 
     /// The backend a new VM gets, by `--vmm`.
     pub fn backend_for_new_vm(&self) -> R<Arc<dyn Vmm>> {
-        let wanted = match self.cfg.vmm {
-            VmmChoice::Qemu => Some("qemu"),
-            VmmChoice::Firecracker => Some("firecracker"),
+        let wanted = match &self.cfg.vmm {
+            VmmChoice::Named(name) => Some(name.as_str()),
             VmmChoice::Auto => None,
         };
         let candidates = self

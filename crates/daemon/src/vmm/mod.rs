@@ -10,6 +10,7 @@ pub mod qemu;
 pub mod qmp;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +180,35 @@ pub trait Vmm: Send + Sync {
             what,
         }
     }
+}
+
+/// `--vmm`: the first usable backend, or one by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmChoice {
+    Auto,
+    Named(String),
+}
+
+/// The backends `--vmm` may name.
+pub const BACKEND_NAMES: &[&str] = &["qemu", "firecracker"];
+
+impl std::str::FromStr for VmmChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(VmmChoice::Auto),
+            _ if BACKEND_NAMES.contains(&s) => Ok(VmmChoice::Named(s.to_string())),
+            _ => Err(format!(
+                "unknown VMM {s:?}; use auto or one of {}",
+                BACKEND_NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// The backends this build has, in `--vmm auto`'s order of preference.
+pub fn system_backends(accel: accel::AccelChoice, verdict_file: PathBuf) -> Vec<Arc<dyn Vmm>> {
+    vec![Arc::new(qemu::Qemu::new(accel, verdict_file))]
 }
 
 /// The argument the VMM command line carries to tag a VM's process.
