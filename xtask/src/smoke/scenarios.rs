@@ -30,7 +30,9 @@ pub const ALL: &[Scenario] = &[
         ws_base_commit,
     )
     .vms(&[&BASE]),
-    Scenario::together("vm stop/start keeps guest data", stop_start).vms(&[&LIFE]),
+    Scenario::together("vm stop/start keeps guest data", stop_start)
+        .vms(&[&LIFE])
+        .early(),
     Scenario::together("vm restart gives a fresh boot_id", restart).vms(&[&LIFE]),
     Scenario::together("vm kill --signal KILL ends stopped and clean", kill).vms(&[&LIFE]),
     // Restarts the daemon: nothing else may talk to it meanwhile.
@@ -41,7 +43,8 @@ pub const ALL: &[Scenario] = &[
         nat,
     )
     .vms(&[&SHARED])
-    .makes(&[NAT]),
+    .makes(&[NAT])
+    .early(),
     Scenario::together("ssh-config --install/--uninstall", ssh_config).vms(&[&SHARED]),
     Scenario::together(
         "workspace prepare --readonly drops every write bit",
@@ -828,9 +831,9 @@ fn ws_base_commit(env: &Env) -> anyhow::Result<Outcome> {
     crate::sh::quiet(&["git", "-C", &c, "apply", &full.to_string_lossy()])?;
     let tree = |script: &str| script.to_string();
     let host_tree = crate::sh::quiet(&["sh", "-c", &tree(&format!(
-        "cd '{c}' && export GIT_INDEX_FILE=$(mktemp -u) && git add -VM . && git write-tree && rm -f $GIT_INDEX_FILE"
+        "cd '{c}' && export GIT_INDEX_FILE=$(mktemp -u) && git add -A . && git write-tree && rm -f $GIT_INDEX_FILE"
     ))])?;
-    let guest_tree = env.sh(VM, "cd /root/repo && export GIT_INDEX_FILE=$(mktemp -u) && git add -VM . && git write-tree && rm -f $GIT_INDEX_FILE")?;
+    let guest_tree = env.sh(VM, "cd /root/repo && export GIT_INDEX_FILE=$(mktemp -u) && git add -A . && git write-tree && rm -f $GIT_INDEX_FILE")?;
     ensure!(
         host_tree.trim() == guest_tree.trim(),
         "trees differ: host {host_tree} guest {guest_tree}"
