@@ -110,12 +110,42 @@ impl ImagePaths {
     }
 }
 
-/// Creates `dir` (and parents) with the given mode.
+/// Creates `dir` (and missing parents) with the given mode. A directory
+/// that exists already is left exactly as it is: its mode is its owner's
+/// business (`--run-dir /tmp` must keep `/tmp` sticky).
 pub fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
         .create(dir)?;
+    // The umask may have taken bits the caller asked for.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_existing_directory_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        ensure_dir(&shared, 0o700).unwrap();
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode, 0o1777,
+            "the sticky, world-writable directory was changed"
+        );
+        let fresh = shared.join("a/b");
+        ensure_dir(&fresh, 0o700).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+    }
 }

@@ -14,6 +14,7 @@ pub mod hostnat;
 pub mod hostnet;
 pub mod image;
 pub mod layout;
+pub mod lock;
 pub mod logcap;
 pub mod opstate;
 pub mod pathio;
@@ -43,6 +44,16 @@ pub enum DaemonError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Guest(#[from] guest::GuestError),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+}
+
+/// The daemon's socket, with the locks that make it the only daemon on
+/// its state and run directories; held until the daemon ends.
+#[derive(Debug)]
+pub struct Listener {
+    socket: tokio::net::UnixListener,
+    _locks: [lock::DirLock; 2],
 }
 
 fn io_err(what: &'static str, path: &std::path::Path, source: std::io::Error) -> DaemonError {
@@ -56,12 +67,19 @@ fn io_err(what: &'static str, path: &std::path::Path, source: std::io::Error) ->
 /// Largest console log kept per VM.
 pub const CONSOLE_LOG_MAX: u64 = 2 << 20;
 
-/// Binds the daemon's socket at `layout.socket()`: mode 0660, group
-/// `banger` when that group exists. A stale socket is replaced.
-pub fn bind(cfg: &Config) -> Result<tokio::net::UnixListener, DaemonError> {
+/// Takes the state and run directories (a second daemon on either is
+/// refused, naming the first one's pid), then binds the socket at
+/// `layout.socket()`: mode 0660, group `banger` when that group exists. A
+/// stale socket is replaced: under the locks, nobody else can be binding.
+pub fn bind(cfg: &Config) -> Result<Listener, DaemonError> {
     let path = cfg.layout.socket();
-    layout::ensure_dir(&cfg.layout.run_dir, 0o755)
-        .map_err(|e| io_err("creating", &cfg.layout.run_dir, e))?;
+    let l = &cfg.layout;
+    layout::ensure_dir(&l.state_dir, 0o700).map_err(|e| io_err("creating", &l.state_dir, e))?;
+    layout::ensure_dir(&l.run_dir, 0o755).map_err(|e| io_err("creating", &l.run_dir, e))?;
+    let locks = [
+        lock::lock_dir(&l.state_dir, "daemon.lock")?,
+        lock::lock_dir(&l.run_dir, "daemon.lock")?,
+    ];
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         return Err(io_err(
             "another daemon answers on",
@@ -92,7 +110,10 @@ pub fn bind(cfg: &Config) -> Result<tokio::net::UnixListener, DaemonError> {
             );
         }
     }
-    Ok(listener)
+    Ok(Listener {
+        socket: listener,
+        _locks: locks,
+    })
 }
 
 fn group_id(name: &str) -> Option<u32> {
@@ -154,7 +175,7 @@ async fn start_dns(svc: &Arc<VmService>) -> Option<tokio::task::JoinHandle<()>> 
 /// it, then serves `listener` until `shutdown`. VMs keep running after the
 /// daemon exits; the next daemon re-adopts them.
 pub async fn run(
-    listener: tokio::net::UnixListener,
+    listener: Listener,
     cfg: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
@@ -181,7 +202,45 @@ pub async fn run(
         })
     };
     tracing::info!(socket = %svc.layout().socket().display(), "banger daemon ready");
-    server::serve(listener, svc, shutdown).await;
+    server::serve(listener.socket, svc, shutdown).await;
     housekeeping.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(state: std::path::PathBuf, run: std::path::PathBuf) -> Config {
+        Config {
+            layout: layout::Layout::new(state, run, None),
+            bridge: "banger-t1".into(),
+            subnet: "10.98.0.0/24".parse().expect("subnet"),
+            vmm: VmmChoice::Auto,
+            accel: vmm::accel::AccelChoice::Tcg,
+            boot_timeout: Duration::from_secs(5),
+            build_netns: None,
+            dns_port: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_daemon_on_the_same_state_is_refused_with_the_first_ones_pid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first =
+            bind(&config(dir.path().join("state"), dir.path().join("run1"))).expect("first daemon");
+        let second = bind(&config(dir.path().join("state"), dir.path().join("run2")))
+            .expect_err("second daemon on the same state directory");
+        let msg = second.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        assert!(
+            !dir.path().join("run2/banger.sock").exists(),
+            "the refused daemon bound a socket"
+        );
+        drop(first);
+        bind(&config(dir.path().join("state"), dir.path().join("run2"))).expect("after the first");
+    }
 }

@@ -30,7 +30,7 @@ impl Identity {
     }
 }
 
-/// Builds the config drive image at `dest` (replacing it).
+/// Builds the config drive image at `dest` (replacing it), mode 0600.
 pub fn build(identity: &Identity, dest: &Path) -> Result<(), GuestError> {
     let staging = tempdir_beside(dest)?;
     let write = |name: &str, body: &str, mode: u32| -> Result<(), GuestError> {
@@ -46,7 +46,10 @@ pub fn build(identity: &Identity, dest: &Path) -> Result<(), GuestError> {
         write("ssh_host_ed25519_key", &identity.host_key_private, 0o600)?;
         write("ssh_host_ed25519_key.pub", &identity.host_key_public, 0o644)?;
         crate::ext4::make(&staging, dest, "banger-config", "1M", &[])?;
-        Ok(())
+        // It holds the VM's private host key.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| GuestError::io(dest, e))
     })();
     let _ = std::fs::remove_dir_all(&staging);
     result
@@ -57,4 +60,39 @@ fn tempdir_beside(dest: &Path) -> Result<std::path::PathBuf, GuestError> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| GuestError::io(&dir, e))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_drive_holding_the_private_key_is_private() {
+        if crate::cmd::which("mkfs.ext4").is_none() {
+            eprintln!("skipped: mkfs.ext4 is not installed (e2fsprogs)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("config.img");
+        std::fs::write(&dest, "old").unwrap();
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let identity = Identity {
+            hostname: "dev".into(),
+            ip: "10.0.0.2".into(),
+            prefix: 24,
+            gateway: "10.0.0.1".into(),
+            dns: "10.0.0.1".into(),
+            authorized_key: "ssh-ed25519 AAAA client".into(),
+            host_key_private: "PRIVATE".into(),
+            host_key_public: "ssh-ed25519 AAAA host".into(),
+        };
+        build(&identity, &dest).unwrap();
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(
+            !dir.path().join("config.staging").exists(),
+            "staging left behind"
+        );
+    }
 }

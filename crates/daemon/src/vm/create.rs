@@ -185,6 +185,20 @@ impl VmService {
     }
 }
 
+/// The host's memory (`MemTotal`), in MiB.
+fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
 fn check_resources(spec: &VmSpec) -> R<()> {
     let bad = |m: String| Err(VmError::InvalidArgument(m));
     if spec.cpus == 0 || spec.cpus > MAX_CPUS {
@@ -199,6 +213,14 @@ fn check_resources(spec: &VmSpec) -> R<()> {
             spec.memory_mib
         ));
     }
+    if let Some(total) = host_memory_mib() {
+        if u64::from(spec.memory_mib) > total {
+            return bad(format!(
+                "--memory {} MiB is more than this host has ({total} MiB); use at most {total}",
+                spec.memory_mib
+            ));
+        }
+    }
     if spec.disk_gib == 0 || spec.disk_gib > MAX_DISK_GIB {
         return bad(format!(
             "--disk {} GiB is out of range; use 1 to {MAX_DISK_GIB}",
@@ -206,4 +228,30 @@ fn check_resources(spec: &VmSpec) -> R<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(memory_mib: u32) -> VmSpec {
+        VmSpec {
+            name: "dev".into(),
+            cpus: 1,
+            memory_mib,
+            disk_gib: 4,
+            image: "default".into(),
+            nat: false,
+        }
+    }
+
+    #[test]
+    fn memory_beyond_the_host_is_refused_with_the_limit() {
+        let total = host_memory_mib().expect("/proc/meminfo");
+        assert!(check_resources(&spec(512)).is_ok());
+        let asked = u32::try_from(total + 1).unwrap_or(u32::MAX);
+        let e = check_resources(&spec(asked)).unwrap_err().to_string();
+        assert!(e.contains(&format!("use at most {total}")), "{e}");
+        assert!(check_resources(&spec(128)).is_err());
+    }
 }
