@@ -23,7 +23,7 @@ mod env;
 mod scenarios;
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -203,7 +203,7 @@ struct Board {
     /// Scenarios not started yet, in order.
     queue: VecDeque<&'static Scenario>,
     /// VM name: how many hold it shared, or `None` when one holds it alone.
-    held: std::collections::HashMap<&'static str, Option<usize>>,
+    held: HashMap<&'static str, Option<usize>>,
 }
 
 impl Board {
@@ -271,11 +271,16 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
     };
     let mut env = Env::start(&banger, opts.image_dir.as_deref())?;
     let chosen = select(opts.filter.as_deref());
-    let summary = Mutex::new(Summary::default());
     let started = Instant::now();
+    let run = Run {
+        env: &env,
+        summary: Mutex::new(Summary::default()),
+        suite: started,
+        ahead: Mutex::new(HashMap::new()),
+    };
     let phase = |when: When| chosen.iter().copied().filter(move |s| s.when == when);
     for s in phase(When::First) {
-        run_one(&env, s, &summary, started);
+        run.one(s);
     }
     // The middle phase: workers take scenarios in order; meanwhile every
     // VM of this phase and the last is made, in the order it is needed.
@@ -312,8 +317,12 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
                 }
                 // A failure here is the scenario's to report: it asks the
                 // fixture again and gets the error.
-                if let Err(e) = env.vm(spec) {
-                    eprintln!("--- making {} failed: {e:#}", spec.name);
+                match env.vm(spec) {
+                    Ok(how) if how != "ready" => {
+                        lock(&run.ahead).insert(spec.name, how);
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("--- making {} failed: {e:#}", spec.name),
                 }
                 lock(&board).release(&[spec]);
                 changed.notify_all();
@@ -334,15 +343,19 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
                     }
                 };
                 let Some(s) = s else { break };
-                run_one(&env, s, &summary, started);
+                run.one(s);
                 lock(&board).release(s.vms);
                 changed.notify_all();
             });
         }
     });
     for s in phase(When::Last) {
-        run_one(&env, s, &summary, started);
+        run.one(s);
     }
+    let summary = run
+        .summary
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
     env.teardown();
     drop(env);
     println!("smoke suite: {:.0}s", started.elapsed().as_secs_f64());
@@ -352,87 +365,104 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
         crate::coverage::print(&table, opts.baseline.as_deref())?;
         println!("coverage written to {}", out.display());
     }
-    Ok(summary.into_inner().unwrap_or_else(PoisonError::into_inner))
+    Ok(summary)
 }
 
-/// Runs one scenario: obtains its VMs, runs it, prints its report in one
-/// piece and counts it.
-fn run_one(env: &Env, s: &Scenario, summary: &Mutex<Summary>, suite: Instant) {
-    eprintln!("--- {}", s.name);
-    let at = suite.elapsed().as_secs_f64();
-    NOTES.with(|n| n.borrow_mut().clear());
-    let t = Instant::now();
-    // Several VMs are made at once.
-    let made: Vec<anyhow::Result<String>> = std::thread::scope(|scope| {
-        let jobs: Vec<_> = s
-            .vms
-            .iter()
-            .map(|spec| scope.spawn(|| env.vm(spec)))
-            .collect();
-        jobs.into_iter()
-            .map(|j| {
-                j.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the fixture panicked")))
+/// One run's shared state.
+struct Run<'a> {
+    env: &'a Env,
+    summary: Mutex<Summary>,
+    suite: Instant,
+    /// What making a VM ahead took, by VM (for the reports).
+    ahead: Mutex<HashMap<&'static str, String>>,
+}
+
+impl Run<'_> {
+    /// Runs one scenario: obtains its VMs, runs it, prints its report in
+    /// one piece and counts it.
+    fn one(&self, s: &Scenario) {
+        let env = self.env;
+        eprintln!("--- {}", s.name);
+        let at = self.suite.elapsed().as_secs_f64();
+        NOTES.with(|n| n.borrow_mut().clear());
+        let t = Instant::now();
+        // Several VMs are made at once.
+        let made: Vec<anyhow::Result<String>> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = s
+                .vms
+                .iter()
+                .map(|spec| scope.spawn(|| env.vm(spec)))
+                .collect();
+            jobs.into_iter()
+                .map(|j| {
+                    j.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the fixture panicked")))
+                })
+                .collect()
+        });
+        let mut got = Vec::new();
+        let mut ready = Ok(());
+        for (spec, m) in s.vms.iter().zip(made) {
+            match m {
+                Ok(how) => match lock(&self.ahead).get(spec.name) {
+                    Some(ahead) if how == "ready" => {
+                        got.push(format!("{} made ahead: {ahead}", spec.name))
+                    }
+                    _ => got.push(format!("{} {how}", spec.name)),
+                },
+                Err(e) if ready.is_ok() => ready = Err(e.context(format!("making {}", spec.name))),
+                Err(_) => {}
+            }
+        }
+        let waited = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let result = ready.and_then(|()| {
+            std::panic::catch_unwind(|| (s.run)(env)).unwrap_or_else(|p| {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|m| m.to_string()))
+                    .unwrap_or_default();
+                bail!("panicked: {msg}")
             })
-            .collect()
-    });
-    let mut got = Vec::new();
-    let mut ready = Ok(());
-    for (spec, m) in s.vms.iter().zip(made) {
-        match m {
-            Ok(how) => got.push(format!("{} {how}", spec.name)),
-            Err(e) if ready.is_ok() => ready = Err(e.context(format!("making {}", spec.name))),
-            Err(_) => {}
+        });
+        let secs = t.elapsed().as_secs_f64();
+        let name = s.name;
+        let mut report = match &result {
+            Ok(Outcome::Pass) => format!("[ok]   {name} ({secs:.1}s)\n"),
+            Ok(Outcome::Skip(why)) => format!("[skip] {name}: {why}\n"),
+            Err(e) => format!("[FAIL] {name} ({secs:.1}s): {e:#}\n"),
+        };
+        if s.when != When::First {
+            report.push_str(&format!("       started at {at:.0}s"));
+            if !s.vms.is_empty() {
+                report.push_str(&format!("; its VMs took {waited:.1}s: {}", got.join("; ")));
+            }
+            report.push('\n');
         }
-    }
-    let waited = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let result = ready.and_then(|()| {
-        std::panic::catch_unwind(|| (s.run)(env)).unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|m| m.to_string()))
-                .unwrap_or_default();
-            bail!("panicked: {msg}")
-        })
-    });
-    let secs = t.elapsed().as_secs_f64();
-    let name = s.name;
-    let mut report = match &result {
-        Ok(Outcome::Pass) => format!("[ok]   {name} ({secs:.1}s)\n"),
-        Ok(Outcome::Skip(why)) => format!("[skip] {name}: {why}\n"),
-        Err(e) => format!("[FAIL] {name} ({secs:.1}s): {e:#}\n"),
-    };
-    if s.when != When::First {
-        report.push_str(&format!("       started at {at:.0}s"));
-        if !s.vms.is_empty() {
-            report.push_str(&format!("; its VMs took {waited:.1}s: {}", got.join("; ")));
+        for n in NOTES.with(|n| n.take()) {
+            report.push_str(&format!("       {n}\n"));
         }
-        report.push('\n');
-    }
-    for n in NOTES.with(|n| n.take()) {
-        report.push_str(&format!("       {n}\n"));
-    }
-    if result.is_err() {
-        let vms: Vec<&str> = s
-            .vms
-            .iter()
-            .map(|v| v.name)
-            .chain(s.makes.iter().copied())
-            .collect();
-        report.push_str(&env.diagnostics(&vms));
-    }
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(report.as_bytes());
-        let _ = out.flush();
-    }
-    let mut sum = lock(summary);
-    match result {
-        Ok(Outcome::Pass) => sum.passed += 1,
-        Ok(Outcome::Skip(_)) => sum.skipped += 1,
-        Err(_) => sum.failed += 1,
+        if result.is_err() {
+            let vms: Vec<&str> = s
+                .vms
+                .iter()
+                .map(|v| v.name)
+                .chain(s.makes.iter().copied())
+                .collect();
+            report.push_str(&env.diagnostics(&vms));
+        }
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(report.as_bytes());
+            let _ = out.flush();
+        }
+        let mut sum = lock(&self.summary);
+        match result {
+            Ok(Outcome::Pass) => sum.passed += 1,
+            Ok(Outcome::Skip(_)) => sum.skipped += 1,
+            Err(_) => sum.failed += 1,
+        }
     }
 }
 
