@@ -27,12 +27,23 @@ pub fn call<T: DeserializeOwned>(
     })?;
     let mut line = serde_json::to_string(req).map_err(|e| ApiError::internal(e.to_string()))?;
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| ApiError::internal(format!("writing to the daemon: {e}")))?;
+    // When sending fails, the answer is still read: a daemon that refuses
+    // a connection (busy) answers and closes it at once, maybe before the
+    // request arrived.
+    let sent = stream.write_all(line.as_bytes());
+    if sent.is_err() {
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    }
+    let unanswered = |read: Option<std::io::Error>| match (&sent, read) {
+        (Err(e), _) => ApiError::internal(format!("writing to the daemon: {e}")),
+        (Ok(()), Some(e)) => ApiError::internal(format!("reading from the daemon: {e}")),
+        (Ok(()), None) => {
+            ApiError::internal("the daemon closed the connection without an answer; see its log")
+        }
+    };
     let reader = BufReader::new(stream);
     for line in reader.lines() {
-        let line = line.map_err(|e| ApiError::internal(format!("reading from the daemon: {e}")))?;
+        let line = line.map_err(|e| unanswered(Some(e)))?;
         let event: Event = serde_json::from_str(&line)
             .map_err(|e| ApiError::internal(format!("bad answer from the daemon: {e}")))?;
         match event {
@@ -45,7 +56,5 @@ pub fn call<T: DeserializeOwned>(
             Event::Error(e) => return Err(e),
         }
     }
-    Err(ApiError::internal(
-        "the daemon closed the connection without an answer; see its log",
-    ))
+    Err(unanswered(None))
 }

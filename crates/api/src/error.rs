@@ -14,12 +14,15 @@ pub enum ErrorCode {
     NotFound,
     /// A VM or image with that name exists already.
     AlreadyExists,
-    /// Another mutating operation holds the VM.
+    /// Another mutating operation holds the VM, or the daemon serves as
+    /// many connections as it allows; trying again later may work.
     Busy,
     /// The VM is in a state that does not allow the request.
     InvalidState,
     /// The host lacks something (a binary, a module, a permission).
     HostMissing,
+    /// `vm kill` or `vm delete -f` took the VM from this operation.
+    Cancelled,
     /// Anything else; the message says what.
     Internal,
 }

@@ -105,6 +105,8 @@ pub enum OpState {
     Running,
     Succeeded,
     Failed,
+    /// Preempted by `vm kill` or `vm delete -f`.
+    Cancelled,
 }
 
 /// One mutating request, as persisted.

@@ -2,13 +2,16 @@
 //! a progress figure, persisted in the store. Two mutating operations on one
 //! VM never interleave: the second is refused at once with a `busy` error
 //! naming the operation that holds the VM (clients may retry; nothing
-//! queues behind a stuck operation).
+//! queues behind a stuck operation), except `vm kill` and `vm delete -f`,
+//! which cancel the holder and take the VM.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use banger_api::{ApiError, ErrorCode, Event, OpInfo, OpState, Progress};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 
 use crate::store::{now, Store};
 
@@ -19,9 +22,21 @@ pub type Sink = UnboundedSender<Event>;
 #[derive(Debug)]
 pub struct OpTracker {
     store: Arc<Store>,
-    /// VM name -> (operation id, kind) holding it.
-    held: Mutex<HashMap<String, (String, String)>>,
+    /// VM name -> the operation holding it.
+    held: Mutex<HashMap<String, Holder>>,
 }
+
+/// The operation holding a VM, and how to cancel it.
+#[derive(Debug, Clone)]
+struct Holder {
+    id: String,
+    kind: String,
+    cancel: Arc<watch::Sender<Option<String>>>,
+}
+
+/// How long `vm kill` and `vm delete -f` wait for a preempted operation to
+/// let go of the VM.
+const PREEMPT_WAIT: Duration = Duration::from_secs(30);
 
 impl OpTracker {
     pub fn new(store: Arc<Store>) -> Arc<Self> {
@@ -29,6 +44,10 @@ impl OpTracker {
             store,
             held: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Holder>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts an operation of `kind` on `vms` (all or nothing). Fails with
@@ -40,20 +59,25 @@ impl OpTracker {
         sink: Option<Sink>,
     ) -> Result<Op, ApiError> {
         let id = new_id();
+        let (tx, rx) = watch::channel(None);
+        let holder = Holder {
+            id: id.clone(),
+            kind: kind.to_string(),
+            cancel: Arc::new(tx),
+        };
         {
-            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((vm, (other, other_kind))) =
-                vms.iter().find_map(|v| held.get(*v).map(|h| (v, h)))
-            {
+            let mut held = self.held();
+            if let Some((vm, other)) = vms.iter().find_map(|v| held.get(*v).map(|h| (v, h))) {
                 return Err(ApiError::new(
                     ErrorCode::Busy,
                     format!(
-                        "VM {vm:?} is busy with operation {other} ({other_kind}); wait for it to finish and try again"
+                        "VM {vm:?} is busy with operation {} ({}); wait for it to finish and try again, or `banger vm kill {vm}`",
+                        other.id, other.kind
                     ),
                 ));
             }
             for v in vms {
-                held.insert(v.to_string(), (id.clone(), kind.to_string()));
+                held.insert(v.to_string(), holder.clone());
             }
         }
         let info = OpInfo {
@@ -72,6 +96,7 @@ impl OpTracker {
             vms: vms.iter().map(|v| v.to_string()).collect(),
             tracker: self.clone(),
             sink,
+            cancel: rx,
         };
         self.store
             .insert_op(&info)
@@ -80,18 +105,58 @@ impl OpTracker {
         Ok(op)
     }
 
-    /// Whether an operation holds `vm` now.
-    pub fn is_held(&self, vm: &str) -> bool {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(vm)
+    /// Like [`OpTracker::begin`] on one VM, but an operation holding it is
+    /// cancelled (its future dropped, its child processes killed) and this
+    /// one waits for the VM to be let go: `vm kill` and `vm delete -f`
+    /// always win.
+    pub async fn begin_preempting(
+        self: &Arc<Self>,
+        kind: &str,
+        vm: &str,
+        sink: Option<Sink>,
+    ) -> Result<Op, ApiError> {
+        let deadline = tokio::time::Instant::now() + PREEMPT_WAIT;
+        loop {
+            match self.begin(kind, &[vm], sink.clone()) {
+                Err(e) if e.code == ErrorCode::Busy => {}
+                other => return other,
+            }
+            if let Some(holder) = self.held().get(vm).cloned() {
+                let reason = format!("cancelled by {kind}");
+                if holder.cancel.send_if_modified(|c| {
+                    let first = c.is_none();
+                    if first {
+                        *c = Some(reason.clone());
+                    }
+                    first
+                }) {
+                    tracing::warn!(op = %holder.id, vm, "{reason}");
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "the operation holding VM {vm:?} did not let go within {}s; try again",
+                        PREEMPT_WAIT.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
-    fn release(&self, vms: &[String]) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+    /// Whether an operation holds `vm` now.
+    pub fn is_held(&self, vm: &str) -> bool {
+        self.held().contains_key(vm)
+    }
+
+    fn release(&self, id: &str, vms: &[String]) {
+        let mut held = self.held();
         for v in vms {
-            held.remove(v);
+            if held.get(v).is_some_and(|h| h.id == id) {
+                held.remove(v);
+            }
         }
     }
 }
@@ -103,6 +168,7 @@ pub struct Op {
     vms: Vec<String>,
     tracker: Arc<OpTracker>,
     sink: Option<Sink>,
+    cancel: watch::Receiver<Option<String>>,
 }
 
 impl Op {
@@ -139,15 +205,42 @@ impl Op {
         }
     }
 
+    /// Resolves, with the reason, once another operation cancels this one.
+    pub async fn cancelled(&self) -> String {
+        let mut rx = self.cancel.clone();
+        let reason: Option<String> = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| (*r).clone());
+        match reason {
+            Some(reason) => reason,
+            // The sender went away: never cancelled.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn cancel_reason(&self) -> Option<String> {
+        self.cancel.borrow().clone()
+    }
+
     /// Records the outcome; the VMs are released when the operation drops.
     pub fn finish<T, E: std::fmt::Display>(&self, result: &Result<T, E>) {
         let message = result.as_ref().err().map(|e| e.to_string());
-        let error = message.as_deref();
-        match error {
+        let state = match (&message, self.cancel_reason()) {
+            (None, _) => OpState::Succeeded,
+            (Some(_), Some(_)) => OpState::Cancelled,
+            (Some(_), None) => OpState::Failed,
+        };
+        match &message {
             None => tracing::info!(op = %self.id, "operation succeeded"),
-            Some(e) => tracing::warn!(op = %self.id, "operation failed: {e}"),
+            Some(e) => tracing::warn!(op = %self.id, ?state, "operation ended: {e}"),
         }
-        if let Err(e) = self.tracker.store.finish_op(&self.id, error) {
+        if let Err(e) = self
+            .tracker
+            .store
+            .finish_op(&self.id, state, message.as_deref())
+        {
             tracing::warn!(op = %self.id, "recording result: {e}");
         }
     }
@@ -155,7 +248,7 @@ impl Op {
 
 impl Drop for Op {
     fn drop(&mut self) {
-        self.tracker.release(&self.vms);
+        self.tracker.release(&self.id, &self.vms);
     }
 }
 
@@ -191,6 +284,26 @@ mod tests {
         drop(op);
         assert!(!t.is_held("dev"));
         assert!(t.begin("vm_start", &["dev"], None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_preempting_operation_cancels_the_holder_and_takes_the_vm() {
+        let (store, t) = tracker();
+        let stuck = t.begin("workspace_export", &["dev"], None).unwrap();
+        let stuck_id = stuck.id.clone();
+        let holder = tokio::spawn(async move {
+            let reason = stuck.cancelled().await;
+            stuck.finish::<(), String>(&Err(reason.clone()));
+            reason
+        });
+        let kill = t.begin_preempting("vm_kill", "dev", None).await.unwrap();
+        assert_eq!(holder.await.unwrap(), "cancelled by vm_kill");
+        let ops = store.list_ops(5).unwrap();
+        let cancelled = ops.iter().find(|o| o.id == stuck_id).unwrap();
+        assert_eq!(cancelled.state, OpState::Cancelled);
+        assert!(t.is_held("dev"));
+        drop(kill);
+        assert!(!t.is_held("dev"));
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub async fn exec(
     let mut c = tokio::process::Command::new("ssh");
     c.args(base_args(layout))
         .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+        // A guest that stops answering is noticed within 20 s.
+        .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=4"])
         .arg(format!("root@{ip}"))
         .arg(command)
         .stdin(if stdin.is_some() {

@@ -58,6 +58,10 @@ struct State {
     procs: BTreeMap<u32, FakeProc>,
     calls: Vec<String>,
     fault: Option<(usize, FaultKind)>,
+    /// Guest commands starting with this word never finish.
+    hang: Option<String>,
+    /// Guest commands running now (a dropped one is a killed `ssh`).
+    guest_running: usize,
 }
 
 /// The fake host's state, shared by every fake port (and surviving a
@@ -137,6 +141,16 @@ impl World {
             .filter(|(_, p)| p.alive)
             .map(|(pid, p)| (*pid, p.clone()))
             .collect()
+    }
+
+    /// Makes guest commands that start with `word` hang forever.
+    pub fn hang_guest(&self, word: &str) {
+        self.state().hang = Some(word.to_string());
+    }
+
+    /// Guest commands in flight.
+    pub fn guest_running(&self) -> usize {
+        self.state().guest_running
     }
 
     /// Kills a fake VMM behind the daemon's back (a guest that powered off).
@@ -295,8 +309,14 @@ impl GuestLink for FakeGuest {
     ) -> BoxFuture<'a, Result<Output, GuestError>> {
         let word = command.split_whitespace().next().unwrap_or("").to_string();
         let hit = self.0.hit(&format!("guest.exec {word}"));
+        let hang = self.0.state().hang.as_deref() == Some(word.as_str());
+        let world = self.0.clone();
         Box::pin(async move {
             hit.map_err(GuestError::Failed)?;
+            let _running = Running::start(&world);
+            if hang {
+                std::future::pending::<()>().await;
+            }
             let stdout = match word.as_str() {
                 "ss" => b"tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=1,fd=3))\n"
                     .to_vec(),
@@ -309,6 +329,22 @@ impl GuestLink for FakeGuest {
                 stderr: Vec::new(),
             })
         })
+    }
+}
+
+/// Counts a guest command while its future lives.
+struct Running(World);
+
+impl Running {
+    fn start(world: &World) -> Running {
+        world.state().guest_running += 1;
+        Running(world.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.state().guest_running -= 1;
     }
 }
 

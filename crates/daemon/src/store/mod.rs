@@ -101,12 +101,13 @@ impl Store {
         Ok(())
     }
 
-    pub fn finish_op(&self, id: &str, error: Option<&str>) -> Result<(), StoreError> {
-        let state = if error.is_some() {
-            OpState::Failed
-        } else {
-            OpState::Succeeded
-        };
+    /// Records how an operation ended (`error` is None on success).
+    pub fn finish_op(
+        &self,
+        id: &str,
+        state: OpState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE operations SET state = ?2, ended_at = ?3, error = ?4,
                     progress = CASE WHEN ?4 IS NULL THEN 100 ELSE progress END
@@ -140,6 +141,7 @@ impl Store {
                 state: match r.get::<_, String>(3)?.as_str() {
                     "running" => OpState::Running,
                     "succeeded" => OpState::Succeeded,
+                    "cancelled" => OpState::Cancelled,
                     _ => OpState::Failed,
                 },
                 phase: r.get(4)?,
@@ -158,6 +160,7 @@ fn op_state_str(s: OpState) -> &'static str {
         OpState::Running => "running",
         OpState::Succeeded => "succeeded",
         OpState::Failed => "failed",
+        OpState::Cancelled => "cancelled",
     }
 }
 

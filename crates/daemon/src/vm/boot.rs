@@ -20,6 +20,9 @@ use crate::vmm::{BootDrives, DiskFormat, Drive, LaunchSpec};
 const CONFIG_SERIAL: &str = "banger-config";
 const ROOT_SERIAL: &str = "banger-root";
 
+/// How long one readiness probe (`ssh true`) may take.
+const READY_PROBE_DEADLINE: Duration = Duration::from_secs(15);
+
 impl VmService {
     /// Boots `vm` and waits for SSH; returns it running.
     pub(super) async fn boot(self: &Arc<Self>, op: &Op, mut vm: VmRecord, pct: u8) -> R<VmRecord> {
@@ -179,7 +182,10 @@ impl VmService {
                     vm.name, vm.name
                 )));
             }
-            match self.host.guest.exec(&vm.ip, "true", None).await {
+            match self
+                .guest_exec(vm, "true", None, READY_PROBE_DEADLINE)
+                .await
+            {
                 Ok(out) if out.status.success() => return Ok(start.elapsed()),
                 Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_string(),
                 Err(e) => last = e.to_string(),

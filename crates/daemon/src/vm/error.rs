@@ -57,6 +57,9 @@ pub enum VmError {
     },
     #[error("{0}")]
     Failed(String),
+    /// A preempting operation (`vm kill`, `vm delete -f`) took the VM.
+    #[error("{0}")]
+    Cancelled(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

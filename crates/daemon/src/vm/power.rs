@@ -8,44 +8,57 @@ use banger_api::{VmInfo, VmState};
 use super::error::{Context, VmError};
 use super::lifecycle;
 use super::record::VmRecord;
+use super::runner::{Claim, OpKind};
 use super::service::{blocking, VmService, R};
 use crate::opstate::{Op, Sink};
 use crate::vmm::process;
 
+const START: OpKind = OpKind {
+    name: "vm_start",
+    check: lifecycle::can_start,
+    claim: Claim::Exclusive,
+    needs_vmm: false,
+};
+const STOP: OpKind = OpKind {
+    name: "vm_stop",
+    check: lifecycle::can_stop,
+    claim: Claim::Exclusive,
+    needs_vmm: false,
+};
+const RESTART: OpKind = OpKind {
+    name: "vm_restart",
+    check: lifecycle::can_restart,
+    claim: Claim::Exclusive,
+    needs_vmm: false,
+};
+/// Kill always wins: it cancels whatever holds the VM.
+const KILL: OpKind = OpKind {
+    name: "vm_kill",
+    check: lifecycle::can_kill,
+    claim: Claim::Preempt,
+    needs_vmm: false,
+};
+
 impl VmService {
     pub async fn start(self: &Arc<Self>, name: &str, sink: Option<Sink>) -> R<VmInfo> {
-        self.run_op(
-            "vm_start",
-            name,
-            sink,
-            lifecycle::can_start,
-            async |op, vm| Ok(self.boot(op, vm, 10).await?.info()),
-        )
+        self.run_op(START, name, sink, async |op, vm| {
+            Ok(self.boot(op, vm, 10).await?.info())
+        })
         .await
     }
 
     pub async fn stop(self: &Arc<Self>, name: &str, sink: Option<Sink>) -> R<VmInfo> {
-        self.run_op(
-            "vm_stop",
-            name,
-            sink,
-            lifecycle::can_stop,
-            async |op, vm| Ok(self.stop_inner(op, vm).await?.info()),
-        )
+        self.run_op(STOP, name, sink, async |op, vm| {
+            Ok(self.stop_inner(op, vm).await?.info())
+        })
         .await
     }
 
     pub async fn restart(self: &Arc<Self>, name: &str, sink: Option<Sink>) -> R<VmInfo> {
-        self.run_op(
-            "vm_restart",
-            name,
-            sink,
-            lifecycle::can_restart,
-            async |op, vm| {
-                let vm = self.stop_inner(op, vm).await?;
-                Ok(self.boot(op, vm, 50).await?.info())
-            },
-        )
+        self.run_op(RESTART, name, sink, async |op, vm| {
+            let vm = self.stop_inner(op, vm).await?;
+            Ok(self.boot(op, vm, 50).await?.info())
+        })
         .await
     }
 
@@ -102,36 +115,30 @@ impl VmService {
                 "unknown signal {signal:?}; use KILL, TERM, INT, HUP or QUIT"
             ))
         })?;
-        self.run_op(
-            "vm_kill",
-            name,
-            sink,
-            lifecycle::can_kill,
-            async |op, mut vm| {
-                if let (Some(handle), true) = (vm.runtime, self.is_alive(&vm)) {
-                    let sig = signal.trim_start_matches("SIG").to_uppercase();
+        self.run_op(KILL, name, sink, async |op, mut vm| {
+            if let (Some(handle), true) = (vm.runtime, self.is_alive(&vm)) {
+                let sig = signal.trim_start_matches("SIG").to_uppercase();
+                op.phase(
+                    "signal",
+                    &format!("sending SIG{sig} to pid {}", handle.pid),
+                    30,
+                );
+                let backend = self.backend_of(&vm)?;
+                blocking(move || backend.signal(&handle, signo))
+                    .await
+                    .context(|| format!("signalling the VMM of {name}"))?;
+                if !self.wait_exit(&vm, Duration::from_secs(20)).await {
                     op.phase(
-                        "signal",
-                        &format!("sending SIG{sig} to pid {}", handle.pid),
-                        30,
+                        "kill",
+                        "still running after the signal; sending SIGKILL",
+                        60,
                     );
-                    let backend = self.backend_of(&vm)?;
-                    blocking(move || backend.signal(&handle, signo))
-                        .await
-                        .context(|| format!("signalling the VMM of {name}"))?;
-                    if !self.wait_exit(&vm, Duration::from_secs(20)).await {
-                        op.phase(
-                            "kill",
-                            "still running after the signal; sending SIGKILL",
-                            60,
-                        );
-                        self.force_kill(&vm).await?;
-                    }
+                    self.force_kill(&vm).await?;
                 }
-                self.settle_exited(&mut vm, VmState::Stopped).await?;
-                Ok(vm.info())
-            },
-        )
+            }
+            self.settle_exited(&mut vm, VmState::Stopped).await?;
+            Ok(vm.info())
+        })
         .await
     }
 }

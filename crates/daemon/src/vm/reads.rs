@@ -9,6 +9,9 @@ use super::error::VmError;
 use super::runner;
 use super::service::{VmService, R};
 
+/// How long listing a guest's sockets may take.
+const PORTS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl VmService {
     pub async fn list(&self) -> R<Vec<VmInfo>> {
         self.refresh_all().await;
@@ -57,7 +60,9 @@ impl VmService {
                 format!("start it with `banger vm start {name}` to see its ports"),
             ));
         }
-        let out = self.host.guest.exec(&vm.ip, "ss -H -tulnp", None).await?;
+        let out = self
+            .guest_exec(&vm, "ss -H -tulnp", None, PORTS_DEADLINE)
+            .await?;
         if !out.status.success() {
             return Err(VmError::Failed(format!(
                 "listing sockets in {name}: {}",

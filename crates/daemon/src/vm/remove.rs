@@ -8,7 +8,7 @@ use banger_api::VmState;
 use super::error::{Context, VmError};
 use super::lifecycle;
 use super::record::VmRecord;
-use super::runner;
+use super::runner::{self, Claim, OpKind};
 use super::service::{blocking, VmService, R};
 use crate::guest::ssh;
 use crate::hostnat;
@@ -17,12 +17,23 @@ use crate::pathio::FromPathIo;
 
 impl VmService {
     pub async fn delete(self: &Arc<Self>, name: &str, force: bool, sink: Option<Sink>) -> R<()> {
-        let check = if force {
-            runner::any_state
+        let kind = if force {
+            // `-f` always wins, like kill.
+            OpKind {
+                name: "vm_delete",
+                check: runner::any_state,
+                claim: Claim::Preempt,
+                needs_vmm: false,
+            }
         } else {
-            lifecycle::can_delete
+            OpKind {
+                name: "vm_delete",
+                check: lifecycle::can_delete,
+                claim: Claim::Exclusive,
+                needs_vmm: false,
+            }
         };
-        self.run_op("vm_delete", name, sink, check, async |op, vm| {
+        self.run_op(kind, name, sink, async |op, vm| {
             self.delete_inner(op, vm).await
         })
         .await

@@ -152,6 +152,27 @@ impl VmService {
         Ok(())
     }
 
+    /// Runs `command` in `vm`'s guest, giving up (and killing the `ssh`
+    /// child) after `deadline`: nothing a guest does can hold the daemon.
+    pub async fn guest_exec(
+        &self,
+        vm: &VmRecord,
+        command: &str,
+        stdin: Option<Vec<u8>>,
+        deadline: Duration,
+    ) -> R<std::process::Output> {
+        match tokio::time::timeout(deadline, self.host.guest.exec(&vm.ip, command, stdin)).await {
+            Ok(out) => Ok(out?),
+            Err(_) => Err(VmError::Failed(format!(
+                "{} did not finish `{}` within {}s; `banger vm kill {}` stops a stuck guest",
+                vm.name,
+                command.split_whitespace().next().unwrap_or(command),
+                deadline.as_secs(),
+                vm.name
+            ))),
+        }
+    }
+
     /// Whether `vm`'s VMM process is alive.
     pub fn is_alive(&self, vm: &VmRecord) -> bool {
         match (&vm.runtime, self.host.backend(&vm.backend)) {

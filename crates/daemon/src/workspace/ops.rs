@@ -7,7 +7,7 @@ use banger_api::types::WorkspaceInfo;
 
 use super::{pack, scripts, Mode, DRIVE_SERIAL, GUEST_REPO};
 use crate::opstate::{Op, Sink};
-use crate::vm::runner;
+use crate::vm::runner::{self, Claim, OpKind};
 use crate::vm::service::{blocking, R};
 use crate::vm::{VmError, VmRecord, VmService};
 use crate::vmm::{DiskFormat, Drive, Vmm};
@@ -22,6 +22,23 @@ pub struct PrepareRequest {
     pub include_ignored: bool,
 }
 
+const PREPARE: OpKind = OpKind {
+    name: "workspace_prepare",
+    check: prepare_allowed,
+    claim: Claim::Exclusive,
+    needs_vmm: true,
+};
+const EXPORT: OpKind = OpKind {
+    name: "workspace_export",
+    check: export_allowed,
+    claim: Claim::Exclusive,
+    needs_vmm: true,
+};
+
+/// How long one workspace step in the guest may take (extracting or
+/// diffing a large repo under emulation takes minutes).
+const SCRIPT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(900);
+
 /// The id the workspace drive has in the VMM.
 pub const DRIVE_ID: &str = "workspace";
 const IMPORT_SERIAL: &str = "banger-ws-import";
@@ -35,9 +52,12 @@ async fn guest_script(svc: &VmService, vm: &VmRecord, script: &str, args: &[&str
         command.push_str(a);
     }
     let out = svc
-        .host
-        .guest
-        .exec(&vm.ip, &command, Some(script.as_bytes().to_vec()))
+        .guest_exec(
+            vm,
+            &command,
+            Some(script.as_bytes().to_vec()),
+            SCRIPT_DEADLINE,
+        )
         .await?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -88,13 +108,9 @@ impl VmService {
         let repo = blocking(move || pack::open(&repo_path)).await?;
         self.refresh_all().await;
         let name = req.vm.clone();
-        self.run_op(
-            "workspace_prepare",
-            &name,
-            sink,
-            prepare_allowed,
-            async |op, vm| self.prepare_inner(op, &vm, &req, repo).await,
-        )
+        self.run_op(PREPARE, &name, sink, async |op, vm| {
+            self.prepare_inner(op, &vm, &req, repo).await
+        })
         .await
     }
 
@@ -236,16 +252,10 @@ impl VmService {
             }
         }
         self.refresh_all().await;
-        self.run_op(
-            "workspace_export",
-            name,
-            sink,
-            export_allowed,
-            async |op, vm| {
-                op.phase("diff", "computing the patch in the guest", 20);
-                guest_script(self, &vm, scripts::EXPORT, &[base.unwrap_or("")]).await
-            },
-        )
+        self.run_op(EXPORT, name, sink, async |op, vm| {
+            op.phase("diff", "computing the patch in the guest", 20);
+            guest_script(self, &vm, scripts::EXPORT, &[base.unwrap_or("")]).await
+        })
         .await
     }
 }

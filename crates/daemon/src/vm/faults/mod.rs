@@ -10,6 +10,7 @@
 //! and the name can be used again.
 
 mod bed;
+mod wedge;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
