@@ -178,9 +178,10 @@ fn select(filter: Option<&str>) -> Vec<&'static Scenario> {
         .collect()
 }
 
-/// The VMs to make ahead for `chosen`: each declared VM once, as the
-/// first scenario to need it declares it, in that order; not the VMs a
-/// scenario makes itself (making them ahead would make its create fail).
+/// The VMs to make ahead for `chosen` (in the table's order): each
+/// declared VM once, as the first scenario to use it declares it; not the
+/// VMs a scenario makes itself (making them ahead would make its create
+/// fail; the others wait for it).
 fn fixtures<'a>(chosen: impl Iterator<Item = &'a Scenario> + Clone) -> Vec<&'static VmSpec> {
     let made: Vec<&str> = chosen
         .clone()
@@ -197,17 +198,48 @@ fn fixtures<'a>(chosen: impl Iterator<Item = &'a Scenario> + Clone) -> Vec<&'sta
     specs
 }
 
-/// Who holds which VM in the middle phase.
-#[derive(Default)]
+/// `s` must wait for `t` (earlier in the table) to end: `t` makes a VM `s`
+/// uses, or leaves one of its VMs in the state `s` starts from (`s`
+/// declares it differently).
+fn waits_for(s: &Scenario, t: &Scenario) -> bool {
+    s.vms
+        .iter()
+        .any(|v| t.makes.contains(&v.name) || t.vms.iter().any(|w| w.name == v.name && *w != *v))
+}
+
+/// Who holds which VM in the middle phase, and who may start.
 struct Board {
-    /// Scenarios not started yet, in order.
+    /// Scenarios not started yet, the early ones first.
     queue: VecDeque<&'static Scenario>,
     /// VM name: how many hold it shared, or `None` when one holds it alone.
     held: HashMap<&'static str, Option<usize>>,
+    /// Scenario: the scenarios that must end before it starts.
+    after: HashMap<&'static str, Vec<&'static str>>,
+    done: Vec<&'static str>,
 }
 
 impl Board {
-    fn free_for(&self, specs: &[&VmSpec]) -> bool {
+    /// `chosen` in the table's order.
+    fn new(chosen: &[&'static Scenario]) -> Board {
+        let after = chosen
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let before = chosen[..i].iter().filter(|t| waits_for(s, t));
+                (s.name, before.map(|t| t.name).collect())
+            })
+            .collect();
+        let mut queue = chosen.to_vec();
+        queue.sort_by_key(|s| !s.early);
+        Board {
+            queue: queue.into(),
+            held: HashMap::new(),
+            after,
+            done: Vec::new(),
+        }
+    }
+
+    fn vms_free(&self, specs: &[&VmSpec]) -> bool {
         specs.iter().all(|v| match self.held.get(v.name) {
             None => true,
             Some(Some(_)) => v.shared,
@@ -235,13 +267,20 @@ impl Board {
         }
     }
 
-    /// The first waiting scenario whose VMs are free, taken off the queue
-    /// with its VMs held.
+    /// The first waiting scenario that may start, taken off the queue with
+    /// its VMs held.
     fn next(&mut self) -> Option<&'static Scenario> {
-        let i = self.queue.iter().position(|s| self.free_for(s.vms))?;
+        let i = self.queue.iter().position(|s| {
+            self.vms_free(s.vms) && self.after[s.name].iter().all(|t| self.done.contains(t))
+        })?;
         let s = self.queue.remove(i)?;
         self.hold(s.vms);
         Some(s)
+    }
+
+    fn finish(&mut self, s: &'static Scenario) {
+        self.release(s.vms);
+        self.done.push(s.name);
     }
 }
 
@@ -282,23 +321,30 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
     for s in phase(When::First) {
         run.one(s);
     }
-    // The middle phase: workers take scenarios in order; meanwhile every
-    // VM of this phase and the last is made, in the order it is needed.
-    let mut together: Vec<&Scenario> = phase(When::Together).collect();
-    together.sort_by_key(|s| !s.early);
-    let specs = fixtures(together.iter().copied().chain(phase(When::Last)));
+    // The middle phase: workers take scenarios in order (the early ones
+    // first) as their VMs come free; meanwhile every VM of this phase and
+    // the last is made, in the order the workers will want them.
+    let together: Vec<&Scenario> = phase(When::Together).collect();
+    let board = Mutex::new(Board::new(&together));
+    let mut specs = fixtures(together.iter().copied().chain(phase(When::Last)));
+    {
+        let b = lock(&board);
+        let first_use = |v: &VmSpec| {
+            b.queue
+                .iter()
+                .position(|s| s.vms.iter().any(|w| w.name == v.name))
+                .unwrap_or(usize::MAX)
+        };
+        specs.sort_by_key(|v| first_use(v));
+    }
     if !specs.is_empty() {
         eprintln!(
-            "--- {} scenarios, {WORKERS} at a time; making {} VMs, {} booting at a time",
+            "--- {} scenarios, {WORKERS} at a time; making {} VMs ahead, {} booting at a time",
             together.len(),
             specs.len(),
             env::BOOT_SLOTS
         );
     }
-    let board = Mutex::new(Board {
-        queue: VecDeque::from(together),
-        ..Board::default()
-    });
     let changed = Condvar::new();
     let wanted = Mutex::new(VecDeque::from(specs));
     std::thread::scope(|scope| {
@@ -309,7 +355,7 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
                 };
                 {
                     let mut b = lock(&board);
-                    if !b.free_for(&[spec]) {
+                    if !b.vms_free(&[spec]) {
                         // A scenario holds it and makes it itself.
                         continue;
                     }
@@ -343,9 +389,10 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
                     }
                 };
                 let Some(s) = s else { break };
+                // Ends the scenario on the board even if reporting panics,
+                // so that no worker waits for it for ever.
+                let _end = Ender(&board, &changed, s);
                 run.one(s);
-                lock(&board).release(s.vms);
-                changed.notify_all();
             });
         }
     });
@@ -366,6 +413,16 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
         println!("coverage written to {}", out.display());
     }
     Ok(summary)
+}
+
+/// Marks a scenario ended on the board when dropped.
+struct Ender<'a>(&'a Mutex<Board>, &'a Condvar, &'static Scenario);
+
+impl Drop for Ender<'_> {
+    fn drop(&mut self) {
+        lock(self.0).finish(self.2);
+        self.1.notify_all();
+    }
 }
 
 /// One run's shared state.
@@ -481,16 +538,80 @@ mod tests {
     }
 
     #[test]
-    fn fixtures_come_once_in_the_order_needed() {
-        let chosen = select(Some("vm"));
-        let names: Vec<&str> = fixtures(chosen.iter().copied())
-            .iter()
-            .map(|s| s.name)
-            .collect();
-        let mut unique = names.clone();
+    fn fixtures_come_once_and_not_what_a_scenario_makes() {
+        let names = |filter| -> Vec<&str> {
+            fixtures(select(Some(filter)).iter().copied())
+                .iter()
+                .map(|s| s.name)
+                .collect()
+        };
+        let all = names("");
+        let mut unique = all.clone();
         unique.sort_unstable();
         unique.dedup();
-        assert_eq!(unique.len(), names.len(), "{names:?}");
-        assert_eq!(names.first(), Some(&"smoke-a"));
+        assert_eq!(unique.len(), all.len(), "{all:?}");
+        // `vm create` makes smoke-a in a whole run; alone, its users get it
+        // from the fixture.
+        assert!(!all.contains(&"smoke-a"), "{all:?}");
+        assert_eq!(names("vm list"), ["smoke-a"]);
+    }
+
+    /// Scenarios in the table's order, by name.
+    fn together(names: &[&str]) -> Vec<&'static Scenario> {
+        scenarios::ALL
+            .iter()
+            .filter(|s| s.when == When::Together && names.iter().any(|n| s.name.starts_with(n)))
+            .collect()
+    }
+
+    #[test]
+    fn the_board_shares_only_the_shared_vm_and_keeps_the_order() {
+        let mut b = Board::new(&together(&[
+            "vm create",
+            "vm list",
+            "vm ssh",
+            "vm stop/start",
+            "vm restart",
+            "workspace prepare (default",
+            "workspace export (plain)",
+            "workspace export --base",
+        ]));
+        let mut next = || b.next().map(|s| s.name);
+        // stop/start is early; list and ssh wait for create (it makes
+        // smoke-a), restart for stop/start (same VM, held alone), the
+        // exports for prepare.
+        assert_eq!(next(), Some("vm stop/start keeps guest data"));
+        assert_eq!(next(), Some("vm create"));
+        assert_eq!(next(), Some("workspace prepare (default overlay mode)"));
+        assert_eq!(next(), None);
+        let find = |n: &str| {
+            scenarios::ALL
+                .iter()
+                .find(|s| s.name.starts_with(n))
+                .expect(n)
+        };
+        b.finish(find("vm create"));
+        assert_eq!(b.next().map(|s| s.name), Some("vm list and show"));
+        assert_eq!(
+            b.next().map(|s| s.name),
+            Some("vm ssh: strict pinned host key, exit code passes")
+        );
+        b.finish(find("workspace prepare (default"));
+        assert_eq!(
+            b.next().map(|s| s.name),
+            Some("workspace export (plain) of uncommitted edits")
+        );
+        assert!(b.next().is_none());
+        b.finish(find("workspace export (plain)"));
+        b.finish(find("vm stop/start"));
+        assert_eq!(
+            b.next().map(|s| s.name),
+            Some("workspace export --base-commit includes guest commits")
+        );
+        assert_eq!(
+            b.next().map(|s| s.name),
+            Some("vm restart gives a fresh boot_id")
+        );
+        assert!(b.queue.is_empty());
     }
 }

@@ -14,7 +14,7 @@ pub const ALL: &[Scenario] = &[
     Scenario::first("daemon up", daemon_up),
     Scenario::first("image build", image_build),
     Scenario::first("bad input is refused without side effects", bad_input),
-    Scenario::together("vm create", create).makes(&[CREATED]),
+    Scenario::together("vm create", create).makes(&[A]),
     Scenario::together("vm list and show", list_show).vms(&[&SHARED]),
     Scenario::together("vm ssh: strict pinned host key, exit code passes", ssh).vms(&[&SHARED]),
     Scenario::together("vm exec streams output, exit code passes", exec).vms(&[&SHARED]),
@@ -24,12 +24,12 @@ pub const ALL: &[Scenario] = &[
         "workspace export (plain) of uncommitted edits",
         ws_export_plain,
     )
-    .vms(&[&EXPORT]),
+    .vms(&[&WS_READY]),
     Scenario::together(
         "workspace export --base-commit includes guest commits",
         ws_base_commit,
     )
-    .vms(&[&BASE]),
+    .vms(&[&WS_READY]),
     Scenario::together("vm stop/start keeps guest data", stop_start)
         .vms(&[&LIFE])
         .early(),
@@ -62,16 +62,17 @@ pub const ALL: &[Scenario] = &[
 /// its own (the first `vm create` would otherwise build it unseen).
 pub const ALWAYS: &[&str] = &["image build"];
 
-/// The shared VM: running, no workspace; its users only look at it.
+/// The shared VM: running, no workspace; its users only look at it. `vm
+/// create` makes it when it runs (the others wait for it) and `vm delete`
+/// deletes it at the end; the fixture makes it otherwise.
 const SHARED: VmSpec = VmSpec::running("smoke-a").shared();
 const A: &str = SHARED.name;
-/// Made by `vm create` itself; `vm delete` takes it over.
-const CREATED: &str = "smoke-create";
 /// Made by `nat` itself, with `--nat`.
 const NAT: &str = "smoke-nat";
+/// `workspace prepare` prepares it, and leaves it as the two export
+/// scenarios start from it (they edit it in turn).
 const WS: VmSpec = VmSpec::running("smoke-ws");
-const EXPORT: VmSpec = VmSpec::running("smoke-export").with_workspace(&[]);
-const BASE: VmSpec = VmSpec::running("smoke-base").with_workspace(&[]);
+const WS_READY: VmSpec = VmSpec::running("smoke-ws").with_workspace(&[]);
 /// Stopped, restarted and killed in turn, by one scenario at a time, each
 /// leaving it running; its workspace must survive the stop.
 const LIFE: VmSpec = VmSpec::running("smoke-life").with_workspace(&[]);
@@ -84,8 +85,8 @@ const PRUNE_RO: VmSpec = VmSpec::running("smoke-ro")
 const PRUNE_FC: VmSpec = VmSpec::running("smoke-fc")
     .with_workspace(&["--mode", "full_copy"])
     .stopped();
-/// The VM `vm delete` deletes: the one `vm create` made.
-const DEL: VmSpec = VmSpec::running(CREATED);
+/// The VM `vm delete` deletes, when all the rest is done with it.
+const DEL: VmSpec = VmSpec::running(A);
 
 fn daemon_up(env: &Env) -> anyhow::Result<Outcome> {
     let out = env.ok(&["vm", "list", "--json"])?;
@@ -174,7 +175,7 @@ fn bad_input(env: &Env) -> anyhow::Result<Outcome> {
 }
 
 fn create(env: &Env) -> anyhow::Result<Outcome> {
-    const VM: &str = CREATED;
+    const VM: &str = A;
     let took = env.create_timed(VM, &[])?;
     note(format!("create-to-SSH: {:.1}s", took.as_secs_f64()));
     let v = env.vm_json(VM)?;
@@ -727,7 +728,7 @@ fn ws_overlay(env: &Env) -> anyhow::Result<Outcome> {
 }
 
 fn ws_export_plain(env: &Env) -> anyhow::Result<Outcome> {
-    const VM: &str = EXPORT.name;
+    const VM: &str = WS_READY.name;
     let ws = env.vm_json(VM)?["workspace"].clone();
     ensure!(ws["mode"] == "overlay", "{VM}'s fixture workspace: {ws}");
     let (repo, _) = env.host_repo(VM)?;
@@ -782,7 +783,7 @@ fn ws_export_plain(env: &Env) -> anyhow::Result<Outcome> {
 }
 
 fn ws_base_commit(env: &Env) -> anyhow::Result<Outcome> {
-    const VM: &str = BASE.name;
+    const VM: &str = WS_READY.name;
     let ws = env.vm_json(VM)?["workspace"].clone();
     ensure!(ws["mode"] == "overlay", "{VM}'s fixture workspace: {ws}");
     let (repo, head) = env.host_repo(VM)?;
@@ -948,54 +949,89 @@ mod tests {
         }
     }
 
-    fn phase(w: When) -> u8 {
-        match w {
-            When::First => 0,
-            When::Together => 1,
-            When::Last => 2,
-        }
-    }
-
-    /// Users of one VM in one phase agree on what it is; a later phase may
-    /// take a VM over with a spec of its own; a VM a scenario makes itself
-    /// is no earlier or concurrent scenario's fixture.
+    /// A VM passes from scenario to scenario in a fixed order: within a
+    /// phase, the scenario that makes a VM comes before all that use it,
+    /// and the users of one spec of a VM all come before the users of the
+    /// next (each leaves it as the next spec says); a later phase may take
+    /// a VM over. Only the shared VM has users at the same time.
     #[test]
-    fn vms_are_declared_consistently() {
-        let mut made: Vec<(&str, u8)> = Vec::new();
+    fn vms_pass_on_in_order() {
+        let mut makers: Vec<&str> = Vec::new();
         for s in ALL {
-            let p = phase(s.when);
             if s.when == When::First {
                 assert!(s.vms.is_empty() && s.makes.is_empty(), "{}", s.name);
             }
             for vm in s.makes {
                 assert!(banger_name(vm), "{vm}");
-                assert!(made.iter().all(|(m, _)| m != vm), "{vm} is made twice");
-                made.push((vm, p));
+                assert!(!makers.contains(vm), "{vm} is made twice");
+                makers.push(vm);
             }
-        }
-        for s in ALL {
             for spec in s.vms {
                 assert!(banger_name(spec.name), "{}", spec.name);
-                for t in ALL.iter().filter(|t| t.when == s.when) {
-                    for other in t.vms.iter().filter(|o| o.name == spec.name) {
-                        assert_eq!(*other, *spec, "{} and {} disagree", s.name, t.name);
+                assert!(!spec.shared || spec.name == A, "{} is shared", spec.name);
+            }
+        }
+        for when in [When::Together, When::Last] {
+            let phase: Vec<&Scenario> = ALL.iter().filter(|s| s.when == when).collect();
+            for (i, s) in phase.iter().enumerate() {
+                for vm in s.makes {
+                    for t in &phase[..i] {
+                        assert!(
+                            t.vms.iter().all(|v| v.name != *vm),
+                            "{} uses {vm} before {} makes it",
+                            t.name,
+                            s.name
+                        );
                     }
                 }
-                for (m, mp) in &made {
-                    assert!(
-                        *m != spec.name || *mp < phase(s.when),
-                        "{} uses {m}, which another scenario makes",
-                        s.name
-                    );
+                for spec in s.vms {
+                    // After a user of another spec of this VM, no user of
+                    // this spec comes again.
+                    let mut left = false;
+                    for t in &phase[i + 1..] {
+                        for v in t.vms.iter().filter(|v| v.name == spec.name) {
+                            left |= **v != **spec;
+                            assert!(
+                                !left || **v != **spec,
+                                "{}: {} comes back to {}'s spec",
+                                spec.name,
+                                t.name,
+                                s.name
+                            );
+                        }
+                    }
                 }
             }
         }
-        // The shared VM is the only one scenarios use at the same time.
-        for s in ALL {
-            for spec in s.vms {
-                assert_eq!(spec.shared, spec.name == A, "{}", spec.name);
-            }
-        }
+    }
+
+    #[test]
+    fn each_waits_for_whom_it_must() {
+        let together: Vec<&'static Scenario> =
+            ALL.iter().filter(|s| s.when == When::Together).collect();
+        let after = |name: &str| -> Vec<&str> {
+            let i = together
+                .iter()
+                .position(|s| s.name.starts_with(name))
+                .expect(name);
+            together[..i]
+                .iter()
+                .filter(|t| super::super::waits_for(together[i], t))
+                .map(|t| t.name)
+                .collect()
+        };
+        assert_eq!(after("vm list and show"), ["vm create"]);
+        assert_eq!(after("vm create"), Vec::<&str>::new());
+        assert_eq!(after("nat rule"), ["vm create"]);
+        assert_eq!(
+            after("workspace export (plain)"),
+            ["workspace prepare (default overlay mode)"]
+        );
+        assert_eq!(
+            after("workspace export --base-commit"),
+            ["workspace prepare (default overlay mode)"]
+        );
+        assert_eq!(after("vm restart"), Vec::<&str>::new());
     }
 
     fn banger_name(n: &str) -> bool {
