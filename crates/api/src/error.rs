@@ -23,6 +23,8 @@ pub enum ErrorCode {
     HostMissing,
     /// `vm kill` or `vm delete -f` took the VM from this operation.
     Cancelled,
+    /// Only root may do this.
+    Forbidden,
     /// Anything else; the message says what.
     Internal,
 }

@@ -32,6 +32,7 @@ fn code_of(e: &VmError) -> ErrorCode {
         VmError::InvalidArgument(_) => ErrorCode::InvalidArgument,
         VmError::HostMissing(_) => ErrorCode::HostMissing,
         VmError::Cancelled(_) => ErrorCode::Cancelled,
+        VmError::Forbidden(_) => ErrorCode::Forbidden,
         VmError::Store(s) => store_code(s),
         VmError::Cmd(c) | VmError::Net(NetError::Cmd(c)) | VmError::Vmm(VmmError::Cmd(c)) => {
             cmd_code(c)

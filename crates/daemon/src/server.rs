@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::guest::ssh;
 use crate::opstate::Sink;
-use crate::vm::VmService;
+use crate::vm::{Caller, VmService};
 use crate::workspace::ops::PrepareRequest;
 use crate::workspace::Mode;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -234,10 +234,14 @@ enum NoRequest {
 }
 
 async fn handle_connection(stream: UnixStream, svc: Arc<VmService>, limits: Limits) {
-    let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else {
+    let Ok(caller) = stream.peer_cred().map(|c| Caller {
+        uid: c.uid(),
+        gid: c.gid(),
+    }) else {
         tracing::warn!("a connection without peer credentials; dropped");
         return;
     };
+    let uid = caller.uid;
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     match read_request(read, limits.request_deadline).await {
@@ -245,7 +249,7 @@ async fn handle_connection(stream: UnixStream, svc: Arc<VmService>, limits: Limi
             tracing::debug!(uid, ?req, "request");
             let sink = tx.clone();
             tokio::spawn(async move {
-                let event = match dispatch(&svc, req, uid, sink.clone()).await {
+                let event = match dispatch(&svc, req, caller, sink.clone()).await {
                     Ok(v) => Event::Ok(v),
                     Err(e) => Event::Error(e),
                 };
@@ -344,7 +348,7 @@ fn to_value<T: serde::Serialize>(v: T) -> Result<Value, ApiError> {
 pub async fn dispatch(
     svc: &Arc<VmService>,
     req: Request,
-    caller_uid: u32,
+    caller: Caller,
     sink: Sink,
 ) -> Result<Value, ApiError> {
     let sink = Some(sink);
@@ -352,21 +356,21 @@ pub async fn dispatch(
         Request::Ping => {
             Ok(json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}))
         }
-        Request::VmCreate { spec } => to_value(svc.create(spec, caller_uid, sink).await?),
-        Request::VmStart { name } => to_value(svc.start(&name, sink).await?),
-        Request::VmStop { name } => to_value(svc.stop(&name, sink).await?),
-        Request::VmRestart { name } => to_value(svc.restart(&name, sink).await?),
-        Request::VmKill { name, signal } => to_value(svc.kill(&name, &signal, sink).await?),
+        Request::VmCreate { spec } => to_value(svc.create(spec, caller, sink).await?),
+        Request::VmStart { name } => to_value(svc.start(caller, &name, sink).await?),
+        Request::VmStop { name } => to_value(svc.stop(caller, &name, sink).await?),
+        Request::VmRestart { name } => to_value(svc.restart(caller, &name, sink).await?),
+        Request::VmKill { name, signal } => to_value(svc.kill(caller, &name, &signal, sink).await?),
         Request::VmDelete { name, force } => {
-            svc.delete(&name, force, sink).await?;
+            svc.delete(caller, &name, force, sink).await?;
             Ok(json!({"deleted": name}))
         }
-        Request::VmPrune { dry_run } => to_value(svc.prune(dry_run, sink).await?),
-        Request::VmList => to_value(svc.list().await?),
-        Request::VmShow { name } => to_value(svc.show(&name).await?),
-        Request::VmSsh { name } => to_value(svc.ssh_info(&name).await?),
-        Request::VmLogPath { name } => Ok(json!({"path": svc.console_log_path(&name)?})),
-        Request::VmPorts { name } => to_value(svc.ports(&name).await?),
+        Request::VmPrune { dry_run } => to_value(svc.prune(caller, dry_run, sink).await?),
+        Request::VmList => to_value(svc.list(caller).await?),
+        Request::VmShow { name } => to_value(svc.show(caller, &name).await?),
+        Request::VmSsh { name } => to_value(svc.ssh_info(caller, &name).await?),
+        Request::VmLogPath { name } => Ok(json!({"path": svc.console_log_path(caller, &name)?})),
+        Request::VmPorts { name } => to_value(svc.ports(caller, &name).await?),
         Request::WorkspacePrepare {
             name,
             repo,
@@ -387,21 +391,21 @@ pub async fn dispatch(
                 readonly,
                 include_ignored,
             };
-            to_value(svc.workspace_prepare(req, sink).await?)
+            to_value(svc.workspace_prepare(caller, req, sink).await?)
         }
         Request::WorkspaceExport { name, base_commit } => {
             let patch = svc
-                .workspace_export(&name, base_commit.as_deref(), sink)
+                .workspace_export(caller, &name, base_commit.as_deref(), sink)
                 .await?;
             Ok(json!({"bytes": patch.len(), "patch_base64": BASE64.encode(&patch)}))
         }
-        Request::ImageBuild { name } => to_value(svc.image_build(&name, sink).await?),
+        Request::ImageBuild { name } => to_value(svc.image_build(caller, &name, sink).await?),
         Request::ImageList => to_value(svc.image_list()?),
         Request::ImageRm { name } => {
-            svc.image_rm(&name)?;
+            svc.image_rm(caller, &name)?;
             Ok(json!({"removed": name}))
         }
-        Request::OpList => to_value(svc.store.list_ops(50)?),
+        Request::OpList => to_value(svc.ops_list(caller)?),
         Request::SshConfig => {
             let path = ssh::write_ssh_config(svc.layout())?;
             Ok(json!({"path": path, "text": ssh::ssh_config_text(svc.layout())}))

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use banger_api::{VmInfo, VmSpec};
 
+use super::caller::Caller;
 use super::error::{Context, VmError};
 use super::record::VmRecord;
 use super::service::{blocking, VmService, R};
@@ -26,9 +27,10 @@ impl VmService {
     pub async fn create(
         self: &Arc<Self>,
         spec: VmSpec,
-        owner_uid: u32,
+        caller: Caller,
         sink: Option<Sink>,
     ) -> R<VmInfo> {
+        let owner_uid = caller.uid;
         banger_api::validate_vm_name(&spec.name)?;
         banger_api::validate_image_name(&spec.image)?;
         check_resources(&spec)?;

@@ -38,6 +38,9 @@ pub enum VmError {
     /// Something with that name or role exists already.
     #[error("{0}")]
     Exists(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The host or this build lacks what the request needs.
     #[error("{0}")]
     HostMissing(String),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use banger_api::ImageInfo;
 
+use super::caller::Caller;
 use super::error::VmError;
 use super::service::{blocking, VmService, R};
 use crate::image::{self, catalog, DEFAULT_IMAGE};
@@ -36,8 +37,14 @@ impl VmService {
     }
 
     /// `image build NAME`, as an operation.
-    pub async fn image_build(self: &Arc<Self>, name: &str, sink: Option<Sink>) -> R<ImageInfo> {
+    pub async fn image_build(
+        self: &Arc<Self>,
+        caller: Caller,
+        name: &str,
+        sink: Option<Sink>,
+    ) -> R<ImageInfo> {
         banger_api::validate_image_name(name)?;
+        caller.must_be_root("`image build`")?;
         let op = self.ops.begin("image_build", &[], sink)?;
         let result = async {
             let _guard = self.image_lock.lock().await;
@@ -83,8 +90,9 @@ impl VmService {
     }
 
     /// `image rm NAME`: refused while a VM is based on it.
-    pub fn image_rm(&self, name: &str) -> R<()> {
+    pub fn image_rm(&self, caller: Caller, name: &str) -> R<()> {
         banger_api::validate_image_name(name)?;
+        caller.must_be_root("`image rm`")?;
         let paths = self.layout().image(name);
         if !paths.dir.exists() {
             return Err(VmError::ImageMissing(format!(

@@ -4,6 +4,7 @@
 //! reconciliation at startup.
 
 mod boot;
+pub mod caller;
 mod create;
 pub mod error;
 mod images;
@@ -19,8 +20,9 @@ pub mod service;
 pub mod transition;
 
 #[cfg(test)]
-mod faults;
+mod tests;
 
+pub use caller::Caller;
 pub use error::VmError;
 pub use record::VmRecord;
 pub use service::VmService;

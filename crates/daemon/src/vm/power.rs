@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use banger_api::{VmInfo, VmState};
 
+use super::caller::Caller;
 use super::error::{Context, VmError};
 use super::lifecycle;
 use super::record::VmRecord;
@@ -40,22 +41,37 @@ const KILL: OpKind = OpKind {
 };
 
 impl VmService {
-    pub async fn start(self: &Arc<Self>, name: &str, sink: Option<Sink>) -> R<VmInfo> {
-        self.run_op(START, name, sink, async |op, vm| {
+    pub async fn start(
+        self: &Arc<Self>,
+        caller: Caller,
+        name: &str,
+        sink: Option<Sink>,
+    ) -> R<VmInfo> {
+        self.run_op(START, caller, name, sink, async |op, vm| {
             Ok(self.boot(op, vm, 10).await?.info())
         })
         .await
     }
 
-    pub async fn stop(self: &Arc<Self>, name: &str, sink: Option<Sink>) -> R<VmInfo> {
-        self.run_op(STOP, name, sink, async |op, vm| {
+    pub async fn stop(
+        self: &Arc<Self>,
+        caller: Caller,
+        name: &str,
+        sink: Option<Sink>,
+    ) -> R<VmInfo> {
+        self.run_op(STOP, caller, name, sink, async |op, vm| {
             Ok(self.stop_inner(op, vm).await?.info())
         })
         .await
     }
 
-    pub async fn restart(self: &Arc<Self>, name: &str, sink: Option<Sink>) -> R<VmInfo> {
-        self.run_op(RESTART, name, sink, async |op, vm| {
+    pub async fn restart(
+        self: &Arc<Self>,
+        caller: Caller,
+        name: &str,
+        sink: Option<Sink>,
+    ) -> R<VmInfo> {
+        self.run_op(RESTART, caller, name, sink, async |op, vm| {
             let vm = self.stop_inner(op, vm).await?;
             Ok(self.boot(op, vm, 50).await?.info())
         })
@@ -108,14 +124,20 @@ impl VmService {
         self.teardown_runtime(vm).await
     }
 
-    pub async fn kill(self: &Arc<Self>, name: &str, signal: &str, sink: Option<Sink>) -> R<VmInfo> {
+    pub async fn kill(
+        self: &Arc<Self>,
+        caller: Caller,
+        name: &str,
+        signal: &str,
+        sink: Option<Sink>,
+    ) -> R<VmInfo> {
         banger_api::validate_vm_name(name)?;
         let signo = process::parse_signal(signal).ok_or_else(|| {
             VmError::InvalidArgument(format!(
                 "unknown signal {signal:?}; use KILL, TERM, INT, HUP or QUIT"
             ))
         })?;
-        self.run_op(KILL, name, sink, async |op, mut vm| {
+        self.run_op(KILL, caller, name, sink, async |op, mut vm| {
             if let (Some(handle), true) = (vm.runtime, self.is_alive(&vm)) {
                 let sig = signal.trim_start_matches("SIG").to_uppercase();
                 op.phase(

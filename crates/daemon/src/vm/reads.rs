@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use banger_api::{PortInfo, SshInfo, VmInfo, VmState};
 
+use super::caller::Caller;
 use super::error::VmError;
 use super::runner;
 use super::service::{VmService, R};
@@ -13,22 +14,49 @@ use super::service::{VmService, R};
 const PORTS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl VmService {
-    pub async fn list(&self) -> R<Vec<VmInfo>> {
+    /// The VMs `caller` may see.
+    pub async fn list(&self, caller: Caller) -> R<Vec<VmInfo>> {
         self.refresh_all().await;
-        Ok(self.store.list_vms()?.iter().map(|v| v.info()).collect())
+        Ok(self
+            .store
+            .list_vms()?
+            .iter()
+            .filter(|v| caller.may_see(v))
+            .map(|v| v.info())
+            .collect())
     }
 
-    pub async fn show(&self, name: &str) -> R<VmInfo> {
+    pub async fn show(&self, caller: Caller, name: &str) -> R<VmInfo> {
         banger_api::validate_vm_name(name)?;
         self.refresh_all().await;
-        Ok(self.record(name)?.info())
+        Ok(self.record_for(caller, name)?.info())
+    }
+
+    /// Recent operations on VMs `caller` may see (root: all).
+    pub fn ops_list(&self, caller: Caller) -> R<Vec<banger_api::OpInfo>> {
+        let ops = self.store.list_ops(200)?;
+        if caller.is_root() {
+            return Ok(ops.into_iter().take(50).collect());
+        }
+        let mine: std::collections::HashSet<String> = self
+            .store
+            .list_vms()?
+            .into_iter()
+            .filter(|v| caller.may_see(v))
+            .map(|v| v.name)
+            .collect();
+        Ok(ops
+            .into_iter()
+            .filter(|o| o.vm.as_ref().is_some_and(|v| mine.contains(v)))
+            .take(50)
+            .collect())
     }
 
     /// What the CLI needs to run OpenSSH against a running VM.
-    pub async fn ssh_info(&self, name: &str) -> R<SshInfo> {
+    pub async fn ssh_info(&self, caller: Caller, name: &str) -> R<SshInfo> {
         banger_api::validate_vm_name(name)?;
         self.refresh_all().await;
-        let vm = self.record(name)?;
+        let vm = self.record_for(caller, name)?;
         runner::running(&vm)?;
         let l = self.layout();
         Ok(SshInfo {
@@ -41,18 +69,18 @@ impl VmService {
     }
 
     /// Where the VM's serial console is logged.
-    pub fn console_log_path(&self, name: &str) -> R<PathBuf> {
+    pub fn console_log_path(&self, caller: Caller, name: &str) -> R<PathBuf> {
         banger_api::validate_vm_name(name)?;
-        self.record(name)?;
+        self.record_for(caller, name)?;
         Ok(self.layout().vm_console_log(name))
     }
 
     /// The guest's listening sockets, with endpoints by name when the VM
     /// has a DNS record.
-    pub async fn ports(&self, name: &str) -> R<Vec<PortInfo>> {
+    pub async fn ports(&self, caller: Caller, name: &str) -> R<Vec<PortInfo>> {
         banger_api::validate_vm_name(name)?;
         self.refresh_all().await;
-        let vm = self.record(name)?;
+        let vm = self.record_for(caller, name)?;
         if vm.state != VmState::Running {
             return Err(VmError::state(
                 name,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use banger_api::VmState;
 
+use super::caller::Caller;
 use super::error::{Context, VmError};
 use super::lifecycle;
 use super::record::VmRecord;
@@ -16,7 +17,13 @@ use crate::opstate::{Op, Sink};
 use crate::pathio::FromPathIo;
 
 impl VmService {
-    pub async fn delete(self: &Arc<Self>, name: &str, force: bool, sink: Option<Sink>) -> R<()> {
+    pub async fn delete(
+        self: &Arc<Self>,
+        caller: Caller,
+        name: &str,
+        force: bool,
+        sink: Option<Sink>,
+    ) -> R<()> {
         let kind = if force {
             // `-f` always wins, like kill.
             OpKind {
@@ -33,7 +40,7 @@ impl VmService {
                 needs_vmm: false,
             }
         };
-        self.run_op(kind, name, sink, async |op, vm| {
+        self.run_op(kind, caller, name, sink, async |op, vm| {
             self.delete_inner(op, vm).await
         })
         .await
@@ -100,13 +107,18 @@ impl VmService {
 
     /// Deletes every VM that is not running; returns their names. With
     /// `dry_run`, only lists them.
-    pub async fn prune(self: &Arc<Self>, dry_run: bool, sink: Option<Sink>) -> R<Vec<String>> {
+    pub async fn prune(
+        self: &Arc<Self>,
+        caller: Caller,
+        dry_run: bool,
+        sink: Option<Sink>,
+    ) -> R<Vec<String>> {
         self.refresh_all().await;
         let victims: Vec<VmRecord> = self
             .store
             .list_vms()?
             .into_iter()
-            .filter(|v| lifecycle::is_prunable(v.state))
+            .filter(|v| caller.may_see(v) && lifecycle::is_prunable(v.state))
             .collect();
         let names: Vec<String> = victims.iter().map(|v| v.name.clone()).collect();
         if dry_run || victims.is_empty() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use banger_api::{validate_vm_name, VmState};
 
+use super::caller::Caller;
 use super::error::VmError;
 use super::record::VmRecord;
 use super::service::{VmService, R};
@@ -46,19 +47,20 @@ impl VmService {
     pub async fn run_op<T>(
         self: &Arc<Self>,
         kind: OpKind,
+        caller: Caller,
         name: &str,
         sink: Option<Sink>,
         body: impl AsyncFnOnce(&Op, VmRecord) -> R<T>,
     ) -> R<T> {
         validate_vm_name(name)?;
-        (kind.check)(&self.record(name)?)?;
+        (kind.check)(&self.record_for(caller, name)?)?;
         let op = match kind.claim {
             Claim::Exclusive => self.ops.begin(kind.name, &[name], sink)?,
             Claim::Preempt => self.ops.begin_preempting(kind.name, name, sink).await?,
         };
         let result = async {
             // Another operation may have changed it before we took it.
-            let vm = self.record(name)?;
+            let vm = self.record_for(caller, name)?;
             (kind.check)(&vm)?;
             let watched = kind.needs_vmm.then(|| vm.clone());
             tokio::select! {

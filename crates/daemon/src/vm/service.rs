@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use banger_api::VmState;
 
+use super::caller::Caller;
 use super::error::{Context, VmError};
 use super::record::VmRecord;
 use super::transition;
@@ -89,6 +90,14 @@ impl VmService {
         self.store
             .get_vm(name)?
             .ok_or_else(|| VmError::NotFound(name.to_string()))
+    }
+
+    /// The stored VM, if `caller` may see it; else not found.
+    pub fn record_for(&self, caller: Caller, name: &str) -> R<VmRecord> {
+        match self.store.get_vm(name)? {
+            Some(vm) if caller.may_see(&vm) => Ok(vm),
+            _ => Err(VmError::NotFound(name.to_string())),
+        }
     }
 
     /// The backend a new VM gets, by `--vmm`.

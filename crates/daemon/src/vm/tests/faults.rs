@@ -9,25 +9,23 @@
 //! from which the next command succeeds; then `vm delete -f` leaves nothing
 //! and the name can be used again.
 
-mod bed;
-mod wedge;
-
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
 
 use banger_api::VmState;
 
-use self::bed::{spec, Bed};
+use super::bed::{spec, Bed};
 use crate::host::fake::{FaultKind, SimulatedCrash};
-use crate::vm::{reconcile, VmError, VmService};
+use crate::vm::{reconcile, Caller, VmError, VmService};
 use crate::workspace::ops::PrepareRequest;
 use crate::workspace::Mode;
 
-const VM: &str = "vm1";
+pub(super) const VM: &str = "vm1";
+const ROOT: Caller = Caller::ROOT;
 
 /// One step a user takes.
 #[derive(Debug, Clone, Copy)]
-enum Step {
+pub(super) enum Step {
     Create { nat: bool },
     Start,
     Stop,
@@ -39,15 +37,19 @@ enum Step {
     Export,
 }
 
-async fn run_step(svc: &Arc<VmService>, repo: PathBuf, step: Step) -> Result<(), VmError> {
+pub(super) async fn run_step(
+    svc: &Arc<VmService>,
+    repo: PathBuf,
+    step: Step,
+) -> Result<(), VmError> {
     match step {
-        Step::Create { nat } => svc.create(spec(VM, nat), 0, None).await.map(drop),
-        Step::Start => svc.start(VM, None).await.map(drop),
-        Step::Stop => svc.stop(VM, None).await.map(drop),
-        Step::Restart => svc.restart(VM, None).await.map(drop),
-        Step::Kill => svc.kill(VM, "KILL", None).await.map(drop),
-        Step::Delete => svc.delete(VM, false, None).await,
-        Step::DeleteForce => svc.delete(VM, true, None).await,
+        Step::Create { nat } => svc.create(spec(VM, nat), ROOT, None).await.map(drop),
+        Step::Start => svc.start(ROOT, VM, None).await.map(drop),
+        Step::Stop => svc.stop(ROOT, VM, None).await.map(drop),
+        Step::Restart => svc.restart(ROOT, VM, None).await.map(drop),
+        Step::Kill => svc.kill(ROOT, VM, "KILL", None).await.map(drop),
+        Step::Delete => svc.delete(ROOT, VM, false, None).await,
+        Step::DeleteForce => svc.delete(ROOT, VM, true, None).await,
         Step::Prepare(mode) => {
             let req = PrepareRequest {
                 vm: VM.into(),
@@ -56,9 +58,9 @@ async fn run_step(svc: &Arc<VmService>, repo: PathBuf, step: Step) -> Result<(),
                 readonly: false,
                 include_ignored: false,
             };
-            svc.workspace_prepare(req, None).await.map(drop)
+            svc.workspace_prepare(ROOT, req, None).await.map(drop)
         }
-        Step::Export => svc.workspace_export(VM, None, None).await.map(drop),
+        Step::Export => svc.workspace_export(ROOT, VM, None, None).await.map(drop),
     }
 }
 
@@ -246,7 +248,7 @@ async fn a_vmm_that_exits_on_its_own_is_marked_stopped_and_cleaned() {
         .await
         .expect("create");
     bed.world.exit_process(VM);
-    let vms = svc.list().await.expect("list");
+    let vms = svc.list(ROOT).await.expect("list");
     assert_eq!(vms[0].state, VmState::Stopped);
     assert!(bed.leaks().is_empty(), "{:?}", bed.leaks());
 }

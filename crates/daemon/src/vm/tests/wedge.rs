@@ -9,8 +9,8 @@ use std::time::Duration;
 use banger_api::{OpState, VmState};
 
 use super::bed::{spec, Bed};
-use super::{run_step, Step, VM};
-use crate::vm::{VmError, VmService};
+use super::faults::{run_step, Step, VM};
+use crate::vm::{Caller, VmError, VmService};
 
 /// A running VM with a workspace whose export hangs in the guest; returns
 /// the export's task once the export holds the VM.
@@ -34,7 +34,7 @@ async fn stuck_export(
     bed.world.hang_guest("sh");
     let task = {
         let svc = svc.clone();
-        tokio::spawn(async move { svc.workspace_export(VM, None, None).await })
+        tokio::spawn(async move { svc.workspace_export(Caller::ROOT, VM, None, None).await })
     };
     for _ in 0..200 {
         if bed.world.guest_running() == 1 {
@@ -65,7 +65,10 @@ fn last_op_state(svc: &VmService, kind: &str) -> OpState {
 async fn kill_wins_over_a_stuck_export() {
     let bed = Arc::new(Bed::new());
     let (svc, export) = stuck_export(&bed).await;
-    let vm = svc.kill(VM, "KILL", None).await.expect("kill must win");
+    let vm = svc
+        .kill(Caller::ROOT, VM, "KILL", None)
+        .await
+        .expect("kill must win");
     assert_eq!(vm.state, VmState::Stopped);
     let err = export
         .await
@@ -82,7 +85,7 @@ async fn kill_wins_over_a_stuck_export() {
 async fn delete_force_wins_over_a_stuck_export() {
     let bed = Arc::new(Bed::new());
     let (svc, export) = stuck_export(&bed).await;
-    svc.delete(VM, true, None)
+    svc.delete(Caller::ROOT, VM, true, None)
         .await
         .expect("delete -f must win");
     assert!(export.await.expect("task").is_err());
@@ -117,7 +120,9 @@ async fn a_vmm_that_dies_under_an_operation_ends_it_and_the_vm_is_stopped() {
 async fn every_guest_call_has_a_deadline() {
     let bed = Arc::new(Bed::new());
     let svc = bed.daemon();
-    svc.create(spec(VM, false), 0, None).await.expect("create");
+    svc.create(spec(VM, false), Caller::ROOT, None)
+        .await
+        .expect("create");
     bed.world.hang_guest("sleep");
     let vm = svc.record(VM).expect("vm");
     let err = svc
