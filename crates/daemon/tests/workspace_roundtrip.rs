@@ -10,6 +10,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use bangerd::workspace::reader::Reader;
 use bangerd::workspace::{pack, scripts};
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -114,7 +115,7 @@ fn fixture(readonly: bool) -> Fixture {
         .unwrap()
         .modified()
         .unwrap();
-    let repo = pack::open(&host).unwrap();
+    let repo = pack::open(&host, Reader::daemon()).unwrap();
     assert_eq!(repo.head.as_deref(), Some(base.as_str()));
     let list = pack::file_list(&repo, false).unwrap();
     let names = String::from_utf8_lossy(&list).replace('\0', " ");
@@ -297,7 +298,7 @@ fn empty_export_unknown_base_and_readonly_bits() {
 #[test]
 fn include_ignored_adds_ignored_files_only_on_request() {
     let f = fixture(false);
-    let repo = pack::open(&f.host).unwrap();
+    let repo = pack::open(&f.host, Reader::daemon()).unwrap();
     let without = String::from_utf8(pack::file_list(&repo, false).unwrap()).unwrap();
     let with = String::from_utf8(pack::file_list(&repo, true).unwrap()).unwrap();
     assert!(!without.split('\0').any(|n| n == "build.log"));
@@ -308,10 +309,14 @@ fn include_ignored_adds_ignored_files_only_on_request() {
 #[test]
 fn not_a_repo_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let e = pack::open(dir.path()).unwrap_err();
+    let e = pack::open(dir.path(), Reader::daemon()).unwrap_err();
     assert!(e.to_string().contains("not a git repository"), "{e}");
-    let e = pack::open(&dir.path().join("missing")).unwrap_err();
-    assert!(e.to_string().contains("not a directory"), "{e}");
+    let e = pack::open(&dir.path().join("missing"), Reader::daemon()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not a git repository that you can read"),
+        "{e}"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

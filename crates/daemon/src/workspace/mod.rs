@@ -5,6 +5,7 @@
 
 pub mod ops;
 pub mod pack;
+pub mod reader;
 pub mod scripts;
 
 /// Where the repo appears in the guest.

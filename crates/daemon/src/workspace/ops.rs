@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use banger_api::types::WorkspaceInfo;
 
+use super::reader::Reader;
 use super::{pack, scripts, Mode, DRIVE_SERIAL, GUEST_REPO};
 use crate::opstate::{Op, Sink};
 use crate::vm::runner::{self, Claim, OpKind};
 use crate::vm::service::{blocking, R};
-use crate::vm::{VmError, VmRecord, VmService};
+use crate::vm::{Caller, VmError, VmRecord, VmService};
 use crate::vmm::{DiskFormat, Drive, Vmm};
 
 /// What `workspace prepare` was asked.
@@ -100,15 +101,17 @@ async fn detach(backend: &Arc<dyn Vmm>, control: &std::path::Path, id: &'static 
 impl VmService {
     pub async fn workspace_prepare(
         self: &Arc<Self>,
+        caller: Caller,
         req: PrepareRequest,
         sink: Option<Sink>,
     ) -> R<WorkspaceInfo> {
         banger_api::validate_vm_name(&req.vm)?;
         let repo_path = req.repo.clone();
-        let repo = blocking(move || pack::open(&repo_path)).await?;
+        let reader = Reader::for_caller(caller.uid, caller.gid, &repo_path);
+        let repo = blocking(move || pack::open(&repo_path, reader)).await?;
         self.refresh_all().await;
         let name = req.vm.clone();
-        self.run_op(PREPARE, &name, sink, async |op, vm| {
+        self.run_op(PREPARE, caller, &name, sink, async |op, vm| {
             self.prepare_inner(op, &vm, &req, repo).await
         })
         .await
@@ -239,6 +242,7 @@ impl VmService {
     /// The patch (raw bytes) of the guest's work.
     pub async fn workspace_export(
         self: &Arc<Self>,
+        caller: Caller,
         name: &str,
         base: Option<&str>,
         sink: Option<Sink>,
@@ -252,7 +256,7 @@ impl VmService {
             }
         }
         self.refresh_all().await;
-        self.run_op(EXPORT, name, sink, async |op, vm| {
+        self.run_op(EXPORT, caller, name, sink, async |op, vm| {
             op.phase("diff", "computing the patch in the guest", 20);
             guest_script(self, &vm, scripts::EXPORT, &[base.unwrap_or("")]).await
         })

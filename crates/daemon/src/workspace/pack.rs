@@ -1,13 +1,16 @@
 //! Host side: validate the repo, and pack `.git` plus the working tree as it
 //! stands (tracked and untracked files, uncommitted edits; ignored files
 //! only on request) into a tar, and for overlay mode into an ext4 image.
-//! The host repo is only read: no git command here writes its index.
+//! The host repo is only read, with the caller's rights ([`Reader`]): no
+//! git command here writes its index, and git runs with hooks and
+//! fsmonitor off.
 
 use crate::pathio::FromPathIo;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::reader::Reader;
 use super::WorkspaceError;
 use crate::cmd;
 
@@ -18,34 +21,60 @@ pub struct Repo {
     pub root: PathBuf,
     /// `HEAD`'s commit, or `None` in a repo without commits.
     pub head: Option<String>,
+    /// Whose rights the repo is read with.
+    pub reader: Reader,
 }
 
-fn git(repo: &Path, args: &[&str]) -> Result<String, cmd::CmdError> {
-    let mut full = vec!["-C".to_string(), repo.display().to_string()];
-    full.extend(args.iter().map(|s| s.to_string()));
-    cmd::run("git", &full)
-}
-
-/// Checks `path` is inside a git work tree and finds its top level.
-pub fn open(path: &Path) -> Result<Repo, WorkspaceError> {
-    if !path.is_dir() {
-        return Err(WorkspaceError::Invalid(format!(
-            "{} is not a directory; pass --repo with the path of a git repository",
-            path.display()
-        )));
+/// Runs `program args` as `reader`; stdout on success.
+fn run_as(reader: Reader, program: &str, args: &[&str]) -> Result<Vec<u8>, cmd::CmdError> {
+    let out = reader
+        .command(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| cmd::spawn_error(program, &[], e))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(cmd::CmdError::Failed {
+            command: format!("{program} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: stderr.trim().lines().last().unwrap_or("").to_string(),
+        });
     }
-    let top = git(path, &["rev-parse", "--show-toplevel"]).map_err(|_| {
+    Ok(out.stdout)
+}
+
+/// `git -C DIR ARGS` as `reader`, with nothing of the repo's own
+/// configuration that runs programs.
+fn git(reader: Reader, dir: &Path, args: &[&str]) -> Result<Vec<u8>, cmd::CmdError> {
+    let dir = dir.display().to_string();
+    let mut full = vec![
+        "-c",
+        "core.fsmonitor=false",
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-C",
+        &dir,
+    ];
+    full.extend_from_slice(args);
+    run_as(reader, "git", &full)
+}
+
+/// Checks `path` is inside a git work tree `reader` can read, and finds its
+/// top level.
+pub fn open(path: &Path, reader: Reader) -> Result<Repo, WorkspaceError> {
+    let top = git(reader, path, &["rev-parse", "--show-toplevel"]).map_err(|_| {
         WorkspaceError::Invalid(format!(
-            "{} is not a git repository; run `git init` there or pass another --repo",
+            "{} is not a git repository that you can read; run `git init` there or pass another --repo",
             path.display()
         ))
     })?;
-    let root = PathBuf::from(top.trim());
-    let head = git(&root, &["rev-parse", "--verify", "--quiet", "HEAD"])
+    let root = PathBuf::from(String::from_utf8_lossy(&top).trim());
+    let head = git(reader, &root, &["rev-parse", "--verify", "--quiet", "HEAD"])
         .ok()
-        .map(|s| s.trim().to_string())
+        .map(|s| String::from_utf8_lossy(&s).trim().to_string())
         .filter(|s| !s.is_empty());
-    Ok(Repo { root, head })
+    Ok(Repo { root, head, reader })
 }
 
 /// Paths to pack, relative to the root, NUL-separated for tar `-T`: `.git`
@@ -56,13 +85,10 @@ pub fn file_list(repo: &Repo, include_ignored: bool) -> Result<Vec<u8>, Workspac
     if !include_ignored {
         args.push("--exclude-standard");
     }
-    let out = cmd::output(
-        "git",
-        &[&["-C", &repo.root.display().to_string()][..], &args[..]].concat(),
-    )?;
+    let out = git(repo.reader, &repo.root, &args)?;
     let mut list = b".git\0".to_vec();
     let mut seen = std::collections::HashSet::new();
-    for name in out.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for name in out.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let rel = Path::new(std::ffi::OsStr::from_bytes(name));
         // Tracked files deleted in the work tree are left out; so are
         // submodule entries listed twice.
@@ -75,33 +101,63 @@ pub fn file_list(repo: &Repo, include_ignored: bool) -> Result<Vec<u8>, Workspac
 }
 
 /// Writes a tar of the listed paths at `dest`, owned by root; with
-/// `readonly`, every write bit is dropped.
+/// `readonly`, every write bit is dropped. `tar` runs as the repo's reader
+/// and writes to a file the daemon opened: it reads only what the reader
+/// may, and a file it cannot read fails the whole pack.
 pub fn tar(repo: &Repo, list: &[u8], readonly: bool, dest: &Path) -> Result<(), WorkspaceError> {
     let list_path = dest.with_extension("list");
     std::fs::File::create(&list_path)
         .and_then(|mut f| f.write_all(list))
         .map_err(|e| WorkspaceError::io(&list_path, e))?;
-    let mut args: Vec<String> = vec![
-        "--create".into(),
-        "--file".into(),
-        dest.display().to_string(),
-        "--directory".into(),
-        repo.root.display().to_string(),
-        "--owner=root".into(),
-        "--group=root".into(),
-        "--numeric-owner".into(),
+    let result = tar_into(repo, &list_path, readonly, dest);
+    let _ = std::fs::remove_file(&list_path);
+    if result.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    result
+}
+
+fn tar_into(repo: &Repo, list: &Path, readonly: bool, dest: &Path) -> Result<(), WorkspaceError> {
+    let open = |p: &Path, create: bool| {
+        std::fs::OpenOptions::new()
+            .read(!create)
+            .write(create)
+            .create_new(create)
+            .open(p)
+            .map_err(|e| WorkspaceError::io(p, e))
+    };
+    let (names, out) = (open(list, false)?, open(dest, true)?);
+    let root = repo.root.display().to_string();
+    let mut args = vec![
+        "--create",
+        "--file=-",
+        "--directory",
+        &root,
+        "--owner=root",
+        "--group=root",
+        "--numeric-owner",
     ];
     if readonly {
-        args.push("--mode=a-w".into());
+        args.push("--mode=a-w");
     }
-    args.extend([
-        "--null".into(),
-        "--files-from".into(),
-        list_path.display().to_string(),
-    ]);
-    let result = cmd::run("tar", &args);
-    let _ = std::fs::remove_file(&list_path);
-    result?;
+    args.extend(["--null", "--files-from=-"]);
+    let done = repo
+        .reader
+        .command("tar")
+        .args(&args)
+        .stdin(names)
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| cmd::spawn_error("tar", &[], e))?;
+    if !done.status.success() {
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        let why = stderr.trim().lines().next().unwrap_or("").to_string();
+        return Err(WorkspaceError::Invalid(format!(
+            "cannot pack {}: {why}; every file in the repo must be readable by you",
+            repo.root.display()
+        )));
+    }
     Ok(())
 }
 
