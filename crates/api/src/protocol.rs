@@ -43,9 +43,13 @@ pub enum Request {
     VmSsh {
         name: String,
     },
-    VmLogPath {
+    /// Up to 256 KiB of the serial console from byte `offset` on.
+    VmLogRead {
         name: String,
+        offset: u64,
     },
+    /// The pinned host keys of the caller's VMs, as known_hosts lines.
+    KnownHosts,
     VmPorts {
         name: String,
     },
@@ -85,7 +89,7 @@ impl Request {
             | Request::VmDelete { name, .. }
             | Request::VmShow { name }
             | Request::VmSsh { name }
-            | Request::VmLogPath { name }
+            | Request::VmLogRead { name, .. }
             | Request::VmPorts { name }
             | Request::WorkspacePrepare { name, .. }
             | Request::WorkspaceExport { name, .. } => Some(name),

@@ -51,6 +51,10 @@ pub struct VmSpec {
     pub disk_gib: u32,
     pub image: String,
     pub nat: bool,
+    /// Public keys the guest authorizes besides the daemon's (a non-root
+    /// caller's own key, so it can `ssh NAME.vm` itself).
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
 }
 
 /// A VM as `vm show --json` prints it.
@@ -131,6 +135,10 @@ pub struct SshInfo {
     pub identity_file: String,
     pub known_hosts: String,
     pub config_file: String,
+    /// The VM's pinned host key, as a known_hosts line (for a caller that
+    /// keeps its own known_hosts).
+    #[serde(default)]
+    pub known_hosts_line: String,
 }
 
 impl SshInfo {

@@ -4,6 +4,7 @@ mod commands;
 mod output;
 mod progress;
 mod rpc;
+mod useraccess;
 
 use std::path::PathBuf;
 

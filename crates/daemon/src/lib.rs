@@ -69,7 +69,8 @@ pub const CONSOLE_LOG_MAX: u64 = 2 << 20;
 
 /// Takes the state and run directories (a second daemon on either is
 /// refused, naming the first one's pid), then binds the socket at
-/// `layout.socket()`: mode 0660, group `banger` when that group exists. A
+/// `layout.socket()`: mode 0660, group `--socket-group` (`banger`) when
+/// that group exists. A
 /// stale socket is replaced: under the locks, nobody else can be binding.
 pub fn bind(cfg: &Config) -> Result<Listener, DaemonError> {
     let path = cfg.layout.socket();
@@ -92,7 +93,7 @@ pub fn bind(cfg: &Config) -> Result<Listener, DaemonError> {
         tokio::net::UnixListener::bind(&path).map_err(|e| io_err("binding", &path, e))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| io_err("chmod", &path, e))?;
-    if let Some(gid) = group_id("banger") {
+    if let Some(gid) = group_id(&cfg.socket_group) {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
             io_err(
                 "socket path",
@@ -221,6 +222,7 @@ mod tests {
             boot_timeout: Duration::from_secs(5),
             build_netns: None,
             dns_port: 0,
+            socket_group: "banger".into(),
         }
     }
 

@@ -369,7 +369,11 @@ pub async fn dispatch(
         Request::VmList => to_value(svc.list(caller).await?),
         Request::VmShow { name } => to_value(svc.show(caller, &name).await?),
         Request::VmSsh { name } => to_value(svc.ssh_info(caller, &name).await?),
-        Request::VmLogPath { name } => Ok(json!({"path": svc.console_log_path(caller, &name)?})),
+        Request::VmLogRead { name, offset } => {
+            let (data, next) = svc.console_log_read(caller, &name, offset)?;
+            Ok(json!({"data_base64": BASE64.encode(&data), "next_offset": next}))
+        }
+        Request::KnownHosts => to_value(svc.known_hosts(caller)?),
         Request::VmPorts { name } => to_value(svc.ports(caller, &name).await?),
         Request::WorkspacePrepare {
             name,

@@ -38,6 +38,7 @@ impl Daemon {
             boot_timeout: Duration::from_secs(5),
             build_netns: None,
             dns_port: 0,
+            socket_group: "banger".into(),
         };
         let socket = cfg.layout.socket();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -107,6 +108,7 @@ fn spec(name: &str, image: &str) -> VmSpec {
         disk_gib: 4,
         image: image.into(),
         nat: false,
+        authorized_keys: Vec::new(),
     }
 }
 

@@ -42,6 +42,9 @@ pub struct DaemonArgs {
     /// Port of the `.vm` DNS server on the bridge address (0: off).
     #[arg(long, default_value_t = 53)]
     dns_port: u16,
+    /// Members of this group may use the socket (when the group exists).
+    #[arg(long, default_value = "banger")]
+    socket_group: String,
 }
 
 pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
@@ -77,6 +80,7 @@ pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
         boot_timeout: Duration::from_secs(args.boot_timeout),
         build_netns: args.build_netns,
         dns_port: args.dns_port,
+        socket_group: args.socket_group,
     };
     if socket != cfg.layout.socket()
         && std::env::var_os("BANGER_SOCKET").is_none()

@@ -9,7 +9,7 @@ use anyhow::Context;
 use banger_api::Request;
 use clap::Args;
 
-use crate::rpc;
+use crate::{rpc, useraccess};
 
 #[derive(Args)]
 pub struct SshConfigArgs {
@@ -22,8 +22,18 @@ pub struct SshConfigArgs {
 }
 
 pub fn run(args: SshConfigArgs, socket: &Path) -> anyhow::Result<i32> {
-    let v: serde_json::Value = rpc::call(socket, &Request::SshConfig)?;
-    let path = v["path"].as_str().unwrap_or_default().to_string();
+    // Root includes the daemon's own block; anyone else a block of their
+    // own, with their key and their VMs' host keys.
+    let (path, text) = if useraccess::is_root() {
+        let v: serde_json::Value = rpc::call(socket, &Request::SshConfig)?;
+        (
+            v["path"].as_str().unwrap_or_default().to_string(),
+            v["text"].as_str().unwrap_or_default().to_string(),
+        )
+    } else {
+        let (path, text) = useraccess::write_ssh_config(socket)?;
+        (path.display().to_string(), text)
+    };
     let user_config = user_config_path()?;
     if args.install {
         let added = install(&user_config, &path)?;
@@ -48,7 +58,7 @@ pub fn run(args: SshConfigArgs, socket: &Path) -> anyhow::Result<i32> {
             user_config.display()
         );
     } else {
-        print!("{}", v["text"].as_str().unwrap_or_default());
+        print!("{text}");
     }
     Ok(0)
 }

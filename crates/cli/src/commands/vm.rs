@@ -1,15 +1,15 @@
 //! `banger vm ...`: create, start, stop, restart, kill, delete, prune, list,
 //! show, logs, ssh, exec.
 
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{IsTerminal, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use banger_api::{validate_vm_name, Request, SshInfo, VmInfo, VmSpec};
 use clap::Subcommand;
 
-use crate::{output, rpc};
+use crate::{output, rpc, useraccess};
 
 #[derive(Subcommand)]
 pub enum VmCommand {
@@ -102,6 +102,12 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
             image,
         } => {
             validate_vm_name(&name)?;
+            // Not root: the guest also authorizes this user's own key.
+            let authorized_keys = if useraccess::is_root() {
+                Vec::new()
+            } else {
+                vec![useraccess::public_key()?]
+            };
             let spec = VmSpec {
                 name,
                 cpus,
@@ -109,8 +115,12 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 disk_gib: disk,
                 image,
                 nat,
+                authorized_keys,
             };
             let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
+            if !useraccess::is_root() {
+                useraccess::refresh_known_hosts(socket)?;
+            }
             eprintln!(
                 "{} is running at {} (ssh: banger vm ssh {})",
                 vm.name, vm.ip, vm.name
@@ -187,9 +197,7 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
         }
         VmCommand::Logs { name, follow } => {
             validate_vm_name(&name)?;
-            let v: serde_json::Value = rpc::call(socket, &Request::VmLogPath { name })?;
-            let path = PathBuf::from(v["path"].as_str().unwrap_or_default());
-            logs(&path, follow)?;
+            logs(socket, &name, follow)?;
         }
         VmCommand::Ssh { name, command } => {
             let info = ssh_info(socket, &name)?;
@@ -260,12 +268,13 @@ fn prune(socket: &Path, force: bool) -> anyhow::Result<i32> {
 
 fn ssh_info(socket: &Path, name: &str) -> anyhow::Result<SshInfo> {
     validate_vm_name(name)?;
-    rpc::call(
+    let info = rpc::call(
         socket,
         &Request::VmSsh {
             name: name.to_string(),
         },
-    )
+    )?;
+    useraccess::local_ssh_info(socket, info)
 }
 
 fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {
@@ -295,33 +304,37 @@ pub fn shell_join(args: &[String]) -> String {
         .join(" ")
 }
 
-fn logs(path: &Path, follow: bool) -> anyhow::Result<()> {
+/// Prints the serial console, read through the daemon (it is root's
+/// file); `follow` keeps reading as it grows.
+fn logs(socket: &Path, name: &str, follow: bool) -> anyhow::Result<()> {
+    use base64::Engine;
     let mut out = std::io::stdout().lock();
-    let mut pos = 0u64;
+    let mut offset = 0u64;
     loop {
-        match std::fs::File::open(path) {
-            Ok(mut f) => {
-                let len = f.metadata()?.len();
-                if len < pos {
-                    pos = 0; // capped by the daemon: start over
+        let v: serde_json::Value = rpc::call(
+            socket,
+            &Request::VmLogRead {
+                name: name.to_string(),
+                offset,
+            },
+        )?;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(v["data_base64"].as_str().unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("bad console data from the daemon: {e}"))?;
+        let next = v["next_offset"].as_u64().unwrap_or(offset);
+        out.write_all(&data)?;
+        out.flush()?;
+        let caught_up = next == offset || data.is_empty();
+        offset = next;
+        if caught_up {
+            if !follow {
+                if offset == 0 {
+                    eprintln!("no console output yet");
                 }
-                f.seek(SeekFrom::Start(pos))?;
-                let mut buf = Vec::new();
-                f.read_to_end(&mut buf)?;
-                pos += buf.len() as u64;
-                out.write_all(&buf)?;
-                out.flush()?;
+                return Ok(());
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!("no console output yet");
-            }
-            Err(e) => return Err(e.into()),
+            std::thread::sleep(Duration::from_millis(250));
         }
-        if !follow {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

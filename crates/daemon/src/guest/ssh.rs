@@ -77,6 +77,16 @@ pub fn pin_host_key(
     edit_known_hosts(layout, name, Some(&line))
 }
 
+/// `name`'s pinned known_hosts line, if it has one.
+pub fn known_hosts_line(layout: &Layout, name: &str) -> Option<String> {
+    let _guard = KNOWN_HOSTS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let text = std::fs::read_to_string(layout.known_hosts()).ok()?;
+    let mark = marker(name);
+    text.lines()
+        .find(|l| l.split_whitespace().nth(3) == Some(mark.as_str()))
+        .map(str::to_string)
+}
+
 /// Removes `name`'s pinned host key; none is success.
 pub fn unpin_host_key(layout: &Layout, name: &str) -> Result<(), GuestError> {
     edit_known_hosts(layout, name, None)

@@ -201,6 +201,7 @@ mod tests {
             disk_gib: 4,
             image: "default".into(),
             nat: false,
+            authorized_keys: Vec::new(),
         };
         VmRecord::draft(&spec, "qemu", Strategy::Qcow2, 1000)
     }

@@ -34,6 +34,7 @@ impl VmService {
         banger_api::validate_vm_name(&spec.name)?;
         banger_api::validate_image_name(&spec.image)?;
         check_resources(&spec)?;
+        check_keys(&spec.authorized_keys)?;
         let backend = self.backend_for_new_vm()?;
         if self.store.get_vm(&spec.name)?.is_some() {
             return Err(VmError::Duplicate(spec.name));
@@ -78,7 +79,7 @@ impl VmService {
             ),
             40,
         );
-        let made = match self.provision(&vm).await {
+        let made = match self.provision(&vm, spec.authorized_keys.clone()).await {
             Ok(()) => self.boot(op, vm.clone(), 50).await,
             Err(e) => Err(e),
         };
@@ -106,13 +107,13 @@ impl VmService {
     }
 
     /// Per-VM files: host key (pinned), config drive, root disk.
-    async fn provision(self: &Arc<Self>, vm: &VmRecord) -> R<()> {
+    async fn provision(self: &Arc<Self>, vm: &VmRecord, keys: Vec<String>) -> R<()> {
         let this = self.clone();
         let vm = vm.clone();
-        blocking(move || this.provision_blocking(&vm)).await
+        blocking(move || this.provision_blocking(&vm, &keys)).await
     }
 
-    fn provision_blocking(&self, vm: &VmRecord) -> R<()> {
+    fn provision_blocking(&self, vm: &VmRecord, keys: &[String]) -> R<()> {
         let l = self.layout();
         let dir = l.vm_dir(&vm.name);
         ensure_dir(&dir, 0o700).map_err(|e| VmError::Host(FromPathIo::io(&dir, e)))?;
@@ -131,7 +132,9 @@ impl VmService {
             prefix: self.cfg.subnet.prefix,
             gateway: self.cfg.subnet.gateway().to_string(),
             dns: self.cfg.subnet.gateway().to_string(),
-            authorized_key: ssh::public_key(&l.client_key())?,
+            authorized_key: std::iter::once(ssh::public_key(&l.client_key())?)
+                .chain(keys.iter().map(|k| format!("{k}\n")))
+                .collect(),
             host_key_private: read(host_key.clone())?,
             host_key_public: host_pub.clone(),
         };
@@ -201,6 +204,27 @@ fn host_memory_mib() -> Option<u64> {
     Some(kib / 1024)
 }
 
+/// Keys a caller asks the guest to authorize: one public key per line,
+/// nothing else.
+fn check_keys(keys: &[String]) -> R<()> {
+    const KINDS: &[&str] = &["ssh-ed25519 ", "ssh-rsa ", "ecdsa-sha2-", "sk-ssh-ed25519@"];
+    for k in keys {
+        let ok = k.len() <= 8192
+            && !k.contains(['\n', '\r', '\0'])
+            && KINDS.iter().any(|p| k.starts_with(p))
+            && k.split_whitespace().count() >= 2;
+        if !ok {
+            return Err(VmError::InvalidArgument(
+                "an authorized key must be one OpenSSH public key line (ssh-ed25519 AAAA... comment)".into(),
+            ));
+        }
+    }
+    if keys.len() > 8 {
+        return Err(VmError::InvalidArgument("at most 8 authorized keys".into()));
+    }
+    Ok(())
+}
+
 fn check_resources(spec: &VmSpec) -> R<()> {
     let bad = |m: String| Err(VmError::InvalidArgument(m));
     if spec.cpus == 0 || spec.cpus > MAX_CPUS {
@@ -244,6 +268,20 @@ mod tests {
             disk_gib: 4,
             image: "default".into(),
             nat: false,
+            authorized_keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_public_key_lines_are_authorized() {
+        assert!(check_keys(&["ssh-ed25519 AAAAC3Nza alice@host".into()]).is_ok());
+        for bad in [
+            "ssh-ed25519 AAAA\ncommand=\"sh\" ssh-rsa AAAA",
+            "command=\"sh\" ssh-ed25519 AAAA",
+            "ssh-ed25519",
+            "",
+        ] {
+            assert!(check_keys(&[bad.to_string()]).is_err(), "{bad:?}");
         }
     }
 

@@ -72,6 +72,7 @@ mod tests {
             disk_gib: 4,
             image: "default".into(),
             nat: false,
+            authorized_keys: Vec::new(),
         };
         VmRecord {
             state,

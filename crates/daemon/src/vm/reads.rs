@@ -1,14 +1,15 @@
 //! Reads (`vm list`, `vm show`, `vm ports`, what `vm ssh` and `vm logs`
 //! need) and housekeeping (VMMs that exited on their own, console logs).
 
-use std::path::PathBuf;
-
 use banger_api::{PortInfo, SshInfo, VmInfo, VmState};
 
 use super::caller::Caller;
 use super::error::VmError;
 use super::runner;
 use super::service::{VmService, R};
+
+/// The most of a console log one read returns.
+pub const LOG_CHUNK: u64 = 256 << 10;
 
 /// How long listing a guest's sockets may take.
 const PORTS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -65,14 +66,42 @@ impl VmService {
             identity_file: l.client_key().display().to_string(),
             known_hosts: l.known_hosts().display().to_string(),
             config_file: l.ssh_config().display().to_string(),
+            known_hosts_line: crate::guest::ssh::known_hosts_line(l, name).unwrap_or_default(),
         })
     }
 
-    /// Where the VM's serial console is logged.
-    pub fn console_log_path(&self, caller: Caller, name: &str) -> R<PathBuf> {
+    /// The pinned host keys of the VMs `caller` may see.
+    pub fn known_hosts(&self, caller: Caller) -> R<Vec<String>> {
+        Ok(self
+            .store
+            .list_vms()?
+            .iter()
+            .filter(|v| caller.may_see(v))
+            .filter_map(|v| crate::guest::ssh::known_hosts_line(self.layout(), &v.name))
+            .collect())
+    }
+
+    /// Up to [`LOG_CHUNK`] bytes of the serial console from `offset`, and
+    /// the offset to ask for next (the log may have been cut short since:
+    /// an offset past its end starts over).
+    pub fn console_log_read(&self, caller: Caller, name: &str, offset: u64) -> R<(Vec<u8>, u64)> {
+        use std::io::{Read, Seek, SeekFrom};
         banger_api::validate_vm_name(name)?;
         self.record_for(caller, name)?;
-        Ok(self.layout().vm_console_log(name))
+        let path = self.layout().vm_console_log(name);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(VmError::Host(crate::pathio::FromPathIo::io(&path, e))),
+        };
+        let io = |e| VmError::Host(crate::pathio::FromPathIo::io(&path, e));
+        let len = file.metadata().map_err(io)?.len();
+        let start = if offset > len { 0 } else { offset };
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut data = Vec::new();
+        file.take(LOG_CHUNK).read_to_end(&mut data).map_err(io)?;
+        let next = start + data.len() as u64;
+        Ok((data, next))
     }
 
     /// The guest's listening sockets, with endpoints by name when the VM

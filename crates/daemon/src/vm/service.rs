@@ -39,6 +39,8 @@ pub struct Config {
     pub build_netns: Option<PathBuf>,
     /// Port of the `.vm` DNS server on the bridge address; 0 turns it off.
     pub dns_port: u16,
+    /// The group whose members may use the socket, when it exists.
+    pub socket_group: String,
 }
 
 pub struct VmService {

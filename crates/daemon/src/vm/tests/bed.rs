@@ -67,6 +67,7 @@ impl Bed {
                 boot_timeout: Duration::from_secs(5),
                 build_netns: None,
                 dns_port: 0,
+                socket_group: "banger".into(),
             },
             repo,
         }
@@ -173,6 +174,7 @@ pub fn spec(name: &str, nat: bool) -> VmSpec {
         disk_gib: 1,
         image: "default".into(),
         nat,
+        authorized_keys: Vec::new(),
     }
 }
 

@@ -39,7 +39,7 @@ async fn another_users_vm_does_not_exist_for_you() {
         svc.kill(BOB, "alices", "KILL", None).await.map(drop),
         svc.delete(BOB, "alices", true, None).await,
         svc.ssh_info(BOB, "alices").await.map(drop),
-        svc.console_log_path(BOB, "alices").map(drop),
+        svc.console_log_read(BOB, "alices", 0).map(drop),
         svc.workspace_export(BOB, "alices", None, None)
             .await
             .map(drop),
@@ -48,6 +48,10 @@ async fn another_users_vm_does_not_exist_for_you() {
         assert_eq!(code(r.expect_err("refused")), ErrorCode::NotFound);
     }
     assert!(svc.prune(BOB, false, None).await.expect("prune").is_empty());
+    assert!(svc.known_hosts(BOB).expect("known hosts").is_empty());
+    let alices = svc.known_hosts(ALICE).expect("known hosts");
+    assert_eq!(alices.len(), 1);
+    assert!(alices[0].contains("alices.vm ssh-ed25519"), "{alices:?}");
     assert!(
         svc.ops_list(BOB).expect("ops").is_empty(),
         "Bob sees Alice's operations"
