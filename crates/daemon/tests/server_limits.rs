@@ -39,6 +39,7 @@ impl Daemon {
             boot_timeout: Duration::from_secs(5),
             build_netns: None,
             dns_port: 0,
+            socket_group: "banger".into(),
         };
         let socket = cfg.layout.socket();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
