@@ -62,6 +62,8 @@ struct State {
     hang: Option<String>,
     /// Guest commands running now (a dropped one is a killed `ssh`).
     guest_running: usize,
+    /// Control sockets of VMMs that live but no longer answer.
+    wedged: BTreeSet<PathBuf>,
 }
 
 /// The fake host's state, shared by every fake port (and surviving a
@@ -151,6 +153,18 @@ impl World {
     /// Guest commands in flight.
     pub fn guest_running(&self) -> usize {
         self.state().guest_running
+    }
+
+    /// Makes `name`'s VMM stop answering on its control channel.
+    pub fn wedge_vmm(&self, name: &str) {
+        let mut st = self.state();
+        let controls: Vec<PathBuf> = st
+            .procs
+            .values()
+            .filter(|p| p.name == name)
+            .map(|p| p.control.clone())
+            .collect();
+        st.wedged.extend(controls);
     }
 
     /// Kills a fake VMM behind the daemon's back (a guest that powered off).
@@ -431,6 +445,9 @@ impl Vmm for FakeVmm {
             .procs
             .get(&handle.pid)
             .is_some_and(|p| p.alive && p.name == name && p.start_time == handle.start_time)
+    }
+    fn responds(&self, control_socket: &Path) -> bool {
+        !self.0.state().wedged.contains(control_socket)
     }
     fn signal(&self, handle: &RuntimeHandle, _signal: i32) -> Result<(), VmmError> {
         self.0

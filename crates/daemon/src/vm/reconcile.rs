@@ -73,6 +73,19 @@ pub async fn reconcile(svc: &VmService) -> Report {
 /// Re-adopts `vm` if its VMM lives (true), else settles its state and
 /// removes its runtime resources.
 async fn adopt_or_settle(svc: &VmService, mut vm: VmRecord, report: &mut Report) -> bool {
+    if vm.state != VmState::Stopped && svc.is_alive(&vm) && !svc.vmm_responds(&vm).await {
+        let why = format!(
+            "its VMM (pid {}) runs but does not answer on its control channel; `banger vm kill {}` ends it",
+            vm.runtime.map(|r| r.pid).unwrap_or_default(),
+            vm.name
+        );
+        tracing::warn!(vm = %vm.name, "{why}");
+        let runtime = vm.runtime;
+        if let Err(e) = svc.transition(&mut vm, VmState::Error, runtime, Some(&why)) {
+            tracing::warn!(vm = %vm.name, "{e}");
+        }
+        return false;
+    }
     if vm.state != VmState::Stopped && svc.is_alive(&vm) {
         let settled = match vm.state {
             VmState::Running => Ok(()),

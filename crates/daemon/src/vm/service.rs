@@ -192,6 +192,15 @@ impl VmService {
         }
     }
 
+    /// Whether `vm`'s VMM answers on its control channel.
+    pub async fn vmm_responds(&self, vm: &VmRecord) -> bool {
+        let Ok(backend) = self.backend_of(vm) else {
+            return false;
+        };
+        let control = self.layout().vm_control_socket(&vm.name);
+        blocking(move || backend.responds(&control)).await
+    }
+
     /// Waits until `vm`'s VMM is gone; false on timeout.
     pub async fn wait_exit(&self, vm: &VmRecord, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -155,6 +155,9 @@ pub trait Vmm: Send + Sync {
     fn is_alive(&self, handle: &RuntimeHandle, name: &str) -> bool;
     /// Sends `signal` to the VMM; a process already gone is success.
     fn signal(&self, handle: &RuntimeHandle, signal: i32) -> Result<(), VmmError>;
+    /// Whether the VMM answers on its control channel (a live process can
+    /// still be wedged); a restarted daemon asks before re-adopting a VM.
+    fn responds(&self, control_socket: &Path) -> bool;
     /// Asks the guest to shut down (Ctrl-Alt-Del); does not wait.
     fn request_shutdown(&self, control_socket: &Path) -> Result<(), VmmError>;
     /// Attaches `drive` to the running VM under `id` (hot-plug, or the

@@ -192,6 +192,10 @@ impl Vmm for Qemu {
         process::is_alive(handle, name)
     }
 
+    fn responds(&self, control_socket: &Path) -> bool {
+        qmp::execute(control_socket, "query-status", serde_json::Value::Null).is_ok()
+    }
+
     fn signal(&self, handle: &RuntimeHandle, signal: i32) -> Result<(), VmmError> {
         process::signal(handle.pid, signal).map_err(|source| VmmError::Io {
             what: format!("signalling VMM pid {}", handle.pid),

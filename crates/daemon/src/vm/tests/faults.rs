@@ -254,6 +254,28 @@ async fn a_vmm_that_exits_on_its_own_is_marked_stopped_and_cleaned() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmm_that_lives_but_does_not_answer_is_not_re_adopted() {
+    let bed = Arc::new(Bed::new());
+    run_step(&bed.daemon(), bed.repo.clone(), Step::Create { nat: false })
+        .await
+        .expect("create");
+    bed.world.wedge_vmm(VM);
+    let svc = bed.daemon();
+    let report = reconcile::reconcile(&svc).await;
+    assert!(report.adopted.is_empty(), "{report:?}");
+    let vm = svc.record(VM).expect("vm");
+    assert_eq!(vm.state, VmState::Error);
+    assert!(vm
+        .last_error
+        .unwrap_or_default()
+        .contains("does not answer"));
+    run_step(&svc, bed.repo.clone(), Step::Kill)
+        .await
+        .expect("kill ends it");
+    assert!(bed.leaks().is_empty(), "{:?}", bed.leaks());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_re_adopts_a_running_vm() {
     let bed = Arc::new(Bed::new());
     run_step(&bed.daemon(), bed.repo.clone(), Step::Create { nat: true })
