@@ -274,6 +274,12 @@ impl Iptables for FakeIptables {
                 st.rules.remove(pos.ok_or_else(bad)?);
                 Ok(String::new())
             }
+            "-N" => Ok(String::new()),
+            "-F" => {
+                st.rules
+                    .retain(|(t, r)| !(*t == table && r.starts_with(&format!("-A {chain} "))));
+                Ok(String::new())
+            }
             "-S" => Ok(st
                 .rules
                 .iter()

@@ -20,6 +20,10 @@ pub fn tag(vm: &str) -> String {
 /// Tag of the bridge-wide isolation rule.
 pub const ISOLATE_TAG: &str = "banger:isolate";
 
+/// Tag of the jump into the host guard chain (not a valid VM name, so
+/// never taken for a VM's rule).
+pub const GUARD_TAG: &str = "banger:-guard";
+
 /// Anything that runs iptables (a fake in unit tests).
 pub trait Iptables {
     /// `iptables ARGS`; Ok(stdout) on exit 0.
@@ -93,6 +97,38 @@ pub fn uninstall(ipt: &dyn Iptables, vm: &str, ip: &str, bridge: &str) -> Result
 pub fn ensure_isolation(ipt: &dyn Iptables, bridge: &str) -> Result<(), CmdError> {
     let _guard = lock();
     ensure(ipt, &rules::isolation(bridge))
+}
+
+/// Keeps guests from reaching the host's own services: packets from the
+/// bridge to the host go through a chain of banger's that accepts replies
+/// and DNS (`dns_port`, 0 for none) and drops the rest. Idempotent: the
+/// chain is rebuilt whenever it is not exactly as it should be.
+pub fn guard_host(ipt: &dyn Iptables, bridge: &str, dns_port: u16) -> Result<(), CmdError> {
+    let _guard = lock();
+    let chain = rules::guard_chain(bridge);
+    let filter = |verb: &str, rest: &[String]| -> Vec<String> {
+        let mut a = vec!["-t".into(), "filter".into(), verb.into(), chain.clone()];
+        a.extend_from_slice(rest);
+        a
+    };
+    let want = rules::guard_rules(dns_port);
+    let present = match ipt.run(&["-t".into(), "filter".into(), "-S".into(), chain.clone()]) {
+        Ok(out) => out.lines().filter(|l| l.starts_with("-A ")).count(),
+        Err(_) => {
+            ipt.run(&filter("-N", &[]))?;
+            0
+        }
+    };
+    // Only banger writes this chain, always whole and in order: the right
+    // number of rules, each present, is the chain as it should be.
+    let intact = present == want.len() && want.iter().all(|r| ipt.run(&filter("-C", r)).is_ok());
+    if !intact {
+        ipt.run(&filter("-F", &[]))?;
+        for r in &want {
+            ipt.run(&filter("-A", r))?;
+        }
+    }
+    ensure(ipt, &rules::guard_jump(bridge))
 }
 
 /// VM names that have banger NAT rules installed.

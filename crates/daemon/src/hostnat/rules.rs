@@ -1,6 +1,6 @@
 //! The iptables rules banger writes, as data, and parsing of `iptables -S`.
 
-use super::{tag, ISOLATE_TAG};
+use super::{tag, GUARD_TAG, ISOLATE_TAG};
 
 /// One rule: table, chain, match and target arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +128,52 @@ pub fn isolation(bridge: &str) -> Rule {
         ]),
         insert: false,
     }
+}
+
+/// The chain that holds what guests may reach of the host itself.
+pub fn guard_chain(bridge: &str) -> String {
+    format!("BANGER-IN-{bridge}")
+}
+
+/// The jump from INPUT into the guard chain for packets from the bridge,
+/// first in INPUT so no host rule can open more before it.
+pub fn guard_jump(bridge: &str) -> Rule {
+    Rule {
+        table: "filter",
+        chain: "INPUT",
+        spec: strings(&[
+            "-i",
+            bridge,
+            "-m",
+            "comment",
+            "--comment",
+            GUARD_TAG,
+            "-j",
+            &guard_chain(bridge),
+        ]),
+        insert: true,
+    }
+}
+
+/// The guard chain's rules, in order: replies to connections the host
+/// made (SSH to guests), DNS on `dns_port` (when served), nothing else.
+pub fn guard_rules(dns_port: u16) -> Vec<Vec<String>> {
+    let mut rules = vec![strings(&[
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    ])];
+    if dns_port != 0 {
+        let port = dns_port.to_string();
+        for proto in ["udp", "tcp"] {
+            rules.push(strings(&["-p", proto, "--dport", &port, "-j", "ACCEPT"]));
+        }
+    }
+    rules.push(strings(&["-j", "DROP"]));
+    rules
 }
 
 /// Splits an `iptables -S` line into arguments, honouring double quotes.

@@ -45,6 +45,68 @@ fn reconcile_adds_missing_removes_orphans_and_spares_others() {
 }
 
 #[test]
+fn guests_reach_only_dns_of_the_host_and_the_guard_is_idempotent() {
+    let ipt = FakeIptables::default();
+    ipt.push_rule("filter", "-A INPUT -j ACCEPT");
+    for _ in 0..2 {
+        guard_host(&ipt, "banger0", 53).unwrap();
+    }
+    let input = ipt
+        .run(&["-t".into(), "filter".into(), "-S".into(), "INPUT".into()])
+        .unwrap();
+    let first = input.lines().next().unwrap();
+    assert!(
+        first.contains("-i banger0") && first.ends_with("-j BANGER-IN-banger0"),
+        "the jump must come before the host's own rules: {input}"
+    );
+    assert_eq!(ipt.count("-j BANGER-IN-banger0"), 1, "jump duplicated");
+    let chain = ipt
+        .run(&[
+            "-t".into(),
+            "filter".into(),
+            "-S".into(),
+            "BANGER-IN-banger0".into(),
+        ])
+        .unwrap();
+    let lines: Vec<&str> = chain.lines().collect();
+    assert_eq!(lines.len(), 4, "{chain}");
+    assert!(lines[0].contains("ESTABLISHED,RELATED -j ACCEPT"));
+    assert!(lines[1].contains("-p udp --dport 53 -j ACCEPT"));
+    assert!(lines[2].contains("-p tcp --dport 53 -j ACCEPT"));
+    assert!(
+        lines[3].ends_with("-j DROP"),
+        "everything else is dropped: {chain}"
+    );
+    // A rule lost from the chain is put back, in order.
+    ipt.run(&[
+        "-t".into(),
+        "filter".into(),
+        "-D".into(),
+        "BANGER-IN-banger0".into(),
+        "-j".into(),
+        "DROP".into(),
+    ])
+    .unwrap();
+    guard_host(&ipt, "banger0", 53).unwrap();
+    let chain = ipt
+        .run(&[
+            "-t".into(),
+            "filter".into(),
+            "-S".into(),
+            "BANGER-IN-banger0".into(),
+        ])
+        .unwrap();
+    assert!(
+        chain.lines().last().unwrap().ends_with("-j DROP"),
+        "{chain}"
+    );
+    assert!(
+        list(&ipt).unwrap().is_empty(),
+        "the guard is not a VM's rule"
+    );
+}
+
+#[test]
 fn rule_lines_parse_back_to_vm_names() {
     assert_eq!(
         rules::vm_of("-A POSTROUTING -s 1.2.3.4/32 ! -o b -m comment --comment \"banger:dev-1\" -j MASQUERADE"),

@@ -132,7 +132,7 @@ impl VmService {
         blocking(move || net.ensure_bridge(&bridge, &subnet))
             .await
             .context(|| format!("setting up bridge {}", self.cfg.bridge))?;
-        self.ensure_isolation(vm.nat).await?;
+        self.ensure_isolation(true).await?;
         if vm.nat {
             let (name, ip, bridge) = (vm.name.clone(), vm.ip.clone(), self.cfg.bridge.clone());
             blocking(move || hostnat::install(nat.as_ref(), &name, &ip, &bridge))

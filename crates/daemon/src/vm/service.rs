@@ -232,12 +232,17 @@ impl VmService {
         Ok(())
     }
 
-    /// Keeps guests on the bridge unless their VM has NAT. Without iptables
-    /// that is only a warning for guests that need no NAT (nothing forwards
-    /// their packets unless the host enabled forwarding).
+    /// Keeps guests on the bridge unless their VM has NAT, and away from the
+    /// host's own services but DNS. Without iptables that is only a warning
+    /// at daemon start (`strict` false); a boot refuses to go on without it.
     pub async fn ensure_isolation(&self, strict: bool) -> R<()> {
         let (nat, bridge) = (self.host.nat.clone(), self.cfg.bridge.clone());
-        match blocking(move || hostnat::ensure_isolation(nat.as_ref(), &bridge)).await {
+        let dns_port = self.cfg.dns_port;
+        let confined = blocking(move || {
+            hostnat::ensure_isolation(nat.as_ref(), &bridge)?;
+            hostnat::guard_host(nat.as_ref(), &bridge, dns_port)
+        });
+        match confined.await {
             Ok(()) => Ok(()),
             Err(e) if strict => Err(e.into()),
             Err(e) => {
