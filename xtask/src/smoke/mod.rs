@@ -3,20 +3,30 @@
 //! result and time; the run ends with `N passed, M failed, K skipped`.
 //!
 //! Every scenario stands alone: it declares the VMs it needs
-//! ([`env::VmSpec`]) and the runner obtains them through the fixture
-//! ([`Env::vm`]) before the scenario starts, so `--filter NAME` runs any
-//! one of them by itself. A run goes in three phases:
+//! ([`env::VmSpec`]: name, create flags, workspace, running or stopped) and
+//! the runner obtains them from the fixture ([`Env::vm`]), which makes
+//! whatever is missing, before the scenario starts; so `--filter NAME`
+//! runs any one of them by itself. A run goes in three phases:
 //!
 //! 1. [`When::First`] scenarios, one at a time, before any VM exists (a
 //!    fresh daemon, the image build, bad input that must leave no VM).
-//! 2. [`When::Together`] scenarios, [`WORKERS`] at a time, while every VM
-//!    the selected scenarios declare boots in the background, in the order
-//!    the scenarios need them ([`env::BOOT_SLOTS`] at a time).
+//! 2. [`When::Together`] scenarios, [`WORKERS`] at a time, while the VMs
+//!    they declare are made ahead in the order they will be wanted
+//!    ([`env::BOOT_SLOTS`] boots at a time). A scenario has its VMs to
+//!    itself while it runs, except the shared one, which its users (who
+//!    only look at it) use at once. When a run has several scenarios for
+//!    one VM, they take it in the table's order where it matters: the
+//!    scenario that makes a VM before those that use it, and the users of
+//!    one spec of a VM before those of the next (e.g. `workspace prepare`
+//!    leaves its VM as the export scenarios start from it).
 //! 3. [`When::Last`] scenarios, one at a time, with the daemon to
-//!    themselves (a daemon restart, `vm prune`, checks that a deleted VM's
-//!    tap is gone while no other VM could take its slot).
+//!    themselves (a daemon restart; `vm prune`, which deletes whatever is
+//!    stopped; `vm delete`, whose VM's tap must be gone while no other VM
+//!    could take its slot). They may take over VMs the middle phase is done
+//!    with.
 //!
-//! Each scenario's report (result, time, VMs, notes, diagnostics) is
+//! Each scenario's report (result, time, when it started, how its VMs were
+//! had, notes, and on failure the VMs' consoles and the daemon log) is
 //! printed in one piece when it ends.
 
 mod env;
@@ -57,7 +67,8 @@ pub struct Scenario {
     pub when: When,
     /// VMs the runner obtains from the fixture before `run` starts.
     pub vms: &'static [&'static VmSpec],
-    /// VMs `run` creates itself (named in its diagnostics).
+    /// VMs `run` creates itself; in a run with it, the scenarios that use
+    /// them wait for it, and they are not made ahead.
     pub makes: &'static [&'static str],
     /// Starts before the other middle-phase scenarios: it boots the same VM
     /// several times in a row, which would otherwise end the run late.
