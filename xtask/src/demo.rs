@@ -15,7 +15,10 @@ pub fn run() -> anyhow::Result<i32> {
     say("starting a daemon in a fresh network namespace");
     let mut env = Env::start(&banger, Some(&cache))?;
     let result = (|| -> anyhow::Result<()> {
-        if !cache.join("default/manifest.json").exists() {
+        // The current version (`default/current`), or an image built
+        // before versions (files directly in `default/`).
+        let built = ["default/current/manifest.json", "default/manifest.json"];
+        if !built.iter().any(|m| cache.join(m).exists()) {
             say("building the default guest image (first run only; about 2 minutes)");
             show(&env, &["image", "build"])?;
         }

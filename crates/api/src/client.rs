@@ -14,7 +14,22 @@ use crate::protocol::{Event, Progress, Request};
 pub fn call<T: DeserializeOwned>(
     socket: &Path,
     req: &Request,
+    on_progress: impl FnMut(&Progress),
+) -> Result<T, ApiError> {
+    call_streaming(socket, req, on_progress, |_| {
+        Err(ApiError::internal(
+            "the daemon streamed data to a request that expects none",
+        ))
+    })
+}
+
+/// Like [`call`], for answers that come in chunks (a patch): each chunk,
+/// decoded, goes to `on_data` as it arrives, so nothing holds it whole.
+pub fn call_streaming<T: DeserializeOwned>(
+    socket: &Path,
+    req: &Request,
     mut on_progress: impl FnMut(&Progress),
+    mut on_data: impl FnMut(&[u8]) -> Result<(), ApiError>,
 ) -> Result<T, ApiError> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         ApiError::new(
@@ -48,6 +63,13 @@ pub fn call<T: DeserializeOwned>(
             .map_err(|e| ApiError::internal(format!("bad answer from the daemon: {e}")))?;
         match event {
             Event::Progress(p) => on_progress(&p),
+            Event::Data(chunk) => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(chunk)
+                    .map_err(|e| ApiError::internal(format!("bad data from the daemon: {e}")))?;
+                on_data(&bytes)?;
+            }
             Event::Ok(v) => {
                 return serde_json::from_value(v).map_err(|e| {
                     ApiError::internal(format!("unexpected answer from the daemon: {e}"))

@@ -112,6 +112,9 @@ pub struct Progress {
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     Progress(Progress),
+    /// A chunk of a large answer (a patch), base64, in order; the final
+    /// `Ok` follows the last one.
+    Data(String),
     Ok(serde_json::Value),
     Error(ApiError),
 }

@@ -74,6 +74,10 @@ pub struct VmInfo {
     pub memory_mib: u32,
     pub disk_gib: u32,
     pub image: String,
+    /// The version of `image` the VM was made from, and boots from until
+    /// it is deleted.
+    #[serde(default)]
+    pub image_version: u32,
     pub nat: bool,
     /// Seconds since the Unix epoch.
     pub created_at: i64,
@@ -92,14 +96,28 @@ pub struct WorkspaceInfo {
     pub source: String,
 }
 
-/// A guest image in the catalog.
+/// One version of a guest image in the catalog (`image list` shows every
+/// version still on disk; `image build` answers with the one it made).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
     pub name: String,
+    /// The version's directory.
     pub path: String,
     pub rootfs_bytes: u64,
     pub kernel: String,
+    /// Seconds since the Unix epoch.
     pub built_at: i64,
+    /// Each build of a name is a new version, counting from 1; 0 is an
+    /// image built before versions.
+    #[serde(default)]
+    pub version: u32,
+    /// Whether new VMs get this version (the newest complete build).
+    #[serde(default)]
+    pub current: bool,
+    /// The VMs made from this version (those the caller may see); it stays
+    /// until the last of them is deleted.
+    #[serde(default)]
+    pub used_by: Vec<String>,
 }
 
 /// Where an operation stands.

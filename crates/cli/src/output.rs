@@ -81,7 +81,10 @@ pub fn vm_details(v: &VmInfo) {
         ("cpus", v.cpus.to_string()),
         ("memory", format!("{} MiB", v.memory_mib)),
         ("disk", format!("{} GiB ({})", v.disk_gib, v.disk_strategy)),
-        ("image", v.image.clone()),
+        (
+            "image",
+            format!("{} (version {})", v.image, v.image_version),
+        ),
         ("nat", v.nat.to_string()),
         ("created", age(v.created_at)),
     ];

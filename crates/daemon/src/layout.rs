@@ -73,13 +73,66 @@ impl Layout {
     pub fn vm_pid_file(&self, name: &str) -> PathBuf {
         self.vm_run_dir(name).join("vmm.pid")
     }
+    /// The VMM's own error output (why it did not start).
+    pub fn vm_stderr_log(&self, name: &str) -> PathBuf {
+        self.vm_run_dir(name).join("vmm.stderr")
+    }
     pub fn vm_control_socket(&self, name: &str) -> PathBuf {
         self.vm_run_dir(name).join("control.sock")
     }
 
-    pub fn image(&self, name: &str) -> ImagePaths {
-        ImagePaths::new(self.image_dir.join(name))
+    /// Every version of image `name` lives under this directory:
+    /// `IMAGE_DIR/NAME/VERSION/` each, and `current` naming the newest.
+    pub fn image_root(&self, name: &str) -> PathBuf {
+        self.image_dir.join(name)
     }
+    /// One built version of image `name`, never changed while it exists.
+    /// Version [`LEGACY_IMAGE_VERSION`] is an image built before versions:
+    /// its files lie directly in `IMAGE_DIR/NAME/`, where the disks of the
+    /// VMs made from it point.
+    pub fn image_version(&self, name: &str, version: u32) -> ImagePaths {
+        let root = self.image_root(name);
+        if version == LEGACY_IMAGE_VERSION {
+            ImagePaths::new(root)
+        } else {
+            ImagePaths::new(root.join(version.to_string()))
+        }
+    }
+    /// The symlink naming the current (newest complete) version of image
+    /// `name`, relative: `current -> 3`.
+    pub fn image_current(&self, name: &str) -> PathBuf {
+        self.image_root(name).join("current")
+    }
+    /// The next `current` link, made beside it and renamed over it.
+    pub fn image_current_next(&self, name: &str) -> PathBuf {
+        self.image_root(name).join(".current.new")
+    }
+    /// Where `version` is built; renamed to its version directory once
+    /// complete.
+    pub fn image_staging(&self, name: &str, version: u32) -> PathBuf {
+        self.image_root(name).join(format!(".{version}.building"))
+    }
+    /// Where a version goes (by one rename) before it is deleted, so a
+    /// half-deleted version never looks like a version.
+    pub fn image_trash(&self, name: &str, version: u32) -> PathBuf {
+        self.image_root(name).join(format!(".{version}.removing"))
+    }
+    /// Where a whole image goes before `image rm` deletes it.
+    pub fn image_root_trash(&self, name: &str) -> PathBuf {
+        self.image_dir.join(format!(".{name}.removing"))
+    }
+}
+
+/// The version of an image built before versions (files directly in
+/// `IMAGE_DIR/NAME/`); built versions count from 1.
+pub const LEGACY_IMAGE_VERSION: u32 = 0;
+
+/// The version a directory entry under `IMAGE_DIR/NAME/` names, if it is
+/// a version directory (`1`, `2`, ...; exactly as [`Layout::image_version`]
+/// writes it).
+pub fn parse_image_version(file_name: &str) -> Option<u32> {
+    let v: u32 = file_name.parse().ok()?;
+    (v != LEGACY_IMAGE_VERSION && v.to_string() == file_name).then_some(v)
 }
 
 /// The files of one built image.
@@ -107,6 +160,11 @@ impl ImagePaths {
     }
     pub fn exists(&self) -> bool {
         self.manifest().exists()
+    }
+    /// Every file of an image, the manifest first (removed first, an image
+    /// missing any file is never taken for complete).
+    pub fn files(&self) -> [PathBuf; 4] {
+        [self.manifest(), self.kernel(), self.initrd(), self.rootfs()]
     }
 }
 

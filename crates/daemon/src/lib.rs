@@ -75,7 +75,8 @@ pub const CONSOLE_LOG_MAX: u64 = 2 << 20;
 pub fn bind(cfg: &Config) -> Result<Listener, DaemonError> {
     let path = cfg.layout.socket();
     let l = &cfg.layout;
-    layout::ensure_dir(&l.state_dir, 0o700).map_err(|e| io_err("creating", &l.state_dir, e))?;
+    // 0711: unprivileged VMMs reach their own files by name, list nothing.
+    layout::ensure_dir(&l.state_dir, 0o711).map_err(|e| io_err("creating", &l.state_dir, e))?;
     layout::ensure_dir(&l.run_dir, 0o755).map_err(|e| io_err("creating", &l.run_dir, e))?;
     let locks = [
         lock::lock_dir(&l.state_dir, "daemon.lock")?,
@@ -181,8 +182,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let l = &cfg.layout;
-    layout::ensure_dir(&l.state_dir, 0o700).map_err(|e| io_err("creating", &l.state_dir, e))?;
-    layout::ensure_dir(&l.state_dir.join("vms"), 0o700)
+    layout::ensure_dir(&l.state_dir, 0o711).map_err(|e| io_err("creating", &l.state_dir, e))?;
+    layout::ensure_dir(&l.state_dir.join("vms"), 0o711)
         .map_err(|e| io_err("creating", &l.state_dir, e))?;
     guest::ssh::ensure_client_key(l)?;
     guest::ssh::write_ssh_config(l)?;
@@ -223,6 +224,7 @@ mod tests {
             build_netns: None,
             dns_port: 0,
             socket_group: "banger".into(),
+            vmm_uid_base: 2_000_000_000,
         }
     }
 

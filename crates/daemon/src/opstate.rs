@@ -10,13 +10,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use banger_api::{ApiError, ErrorCode, Event, OpInfo, OpState, Progress};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 use tokio::sync::watch;
 
 use crate::store::{now, Store};
 
-/// Where progress events go (the client's connection); may be closed.
-pub type Sink = UnboundedSender<Event>;
+/// Where events go (the client's connection); may be closed. Bounded: a
+/// large answer streams no faster than the client reads it, and a
+/// progress event that finds it full is dropped (the next one says more).
+pub type Sink = Sender<Event>;
+
+/// How many events wait for a slow client.
+pub const SINK_DEPTH: usize = 32;
+
+/// The size of one chunk of a streamed answer.
+pub const CHUNK: usize = 64 << 10;
 
 /// Hands out operations and holds the per-VM exclusion.
 #[derive(Debug)]
@@ -179,12 +187,24 @@ impl Op {
             tracing::warn!(op = %self.id, "recording phase: {e}");
         }
         if let Some(sink) = &self.sink {
-            let _ = sink.send(Event::Progress(Progress {
+            let _ = sink.try_send(Event::Progress(Progress {
                 phase: phase.to_string(),
                 message: message.to_string(),
                 percent,
             }));
         }
+    }
+
+    /// Streams `bytes` to the client as the next chunk of the answer,
+    /// waiting while the client is behind. False when the client is gone
+    /// (with no client at all, the bytes go nowhere).
+    pub async fn data(&self, bytes: &[u8]) -> bool {
+        use base64::Engine;
+        let Some(sink) = &self.sink else {
+            return true; // nobody asked to see it
+        };
+        let chunk = base64::engine::general_purpose::STANDARD.encode(bytes);
+        sink.send(Event::Data(chunk)).await.is_ok()
     }
 
     /// A reporter for blocking code (image builds).
@@ -196,7 +216,7 @@ impl Op {
             let phase = msg.split(':').next().unwrap_or(msg).to_string();
             let _ = store.update_op_phase(&id, &phase, pct);
             if let Some(s) = &sink {
-                let _ = s.send(Event::Progress(Progress {
+                let _ = s.try_send(Event::Progress(Progress {
                     phase,
                     message: msg.to_string(),
                     percent: pct,
@@ -317,7 +337,7 @@ mod tests {
     #[test]
     fn phases_and_results_are_persisted_and_streamed() {
         let (store, t) = tracker();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(SINK_DEPTH);
         let op = t.begin("vm_create", &["dev"], Some(tx)).unwrap();
         let id = op.id.clone();
         op.phase("boot", "booting", 40);

@@ -21,7 +21,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use crate::guest::ssh;
-use crate::opstate::Sink;
+use crate::opstate::{Sink, SINK_DEPTH};
 use crate::vm::{Caller, VmService};
 use crate::workspace::ops::PrepareRequest;
 use crate::workspace::Mode;
@@ -243,7 +243,7 @@ async fn handle_connection(stream: UnixStream, svc: Arc<VmService>, limits: Limi
     };
     let uid = caller.uid;
     let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(SINK_DEPTH);
     match read_request(read, limits.request_deadline).await {
         Ok(req) => {
             tracing::debug!(uid, ?req, "request");
@@ -253,13 +253,13 @@ async fn handle_connection(stream: UnixStream, svc: Arc<VmService>, limits: Limi
                     Ok(v) => Event::Ok(v),
                     Err(e) => Event::Error(e),
                 };
-                let _ = sink.send(event);
+                let _ = sink.send(event).await;
             });
         }
         Err(NoRequest::Closed) => return,
         Err(NoRequest::Refused(e)) => {
             tracing::debug!(uid, "request refused: {e}");
-            let _ = tx.send(Event::Error(e));
+            let _ = tx.send(Event::Error(e)).await;
         }
     }
     drop(tx);
@@ -398,13 +398,14 @@ pub async fn dispatch(
             to_value(svc.workspace_prepare(caller, req, sink).await?)
         }
         Request::WorkspaceExport { name, base_commit } => {
-            let patch = svc
+            // The patch itself went out as data events.
+            let bytes = svc
                 .workspace_export(caller, &name, base_commit.as_deref(), sink)
                 .await?;
-            Ok(json!({"bytes": patch.len(), "patch_base64": BASE64.encode(&patch)}))
+            Ok(json!({ "bytes": bytes }))
         }
         Request::ImageBuild { name } => to_value(svc.image_build(caller, &name, sink).await?),
-        Request::ImageList => to_value(svc.image_list()?),
+        Request::ImageList => to_value(svc.image_list(caller)?),
         Request::ImageRm { name } => {
             svc.image_rm(caller, &name)?;
             Ok(json!({"removed": name}))

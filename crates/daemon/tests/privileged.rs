@@ -34,8 +34,14 @@ fn bridge_and_taps_are_idempotent_and_listed() {
         let addrs =
             bangerd::cmd::run("ip", &["-o", "-4", "addr", "show", "dev", "banger-itbr"]).unwrap();
         assert_eq!(addrs.matches("10.99.0.1/24").count(), 1, "{addrs}");
-        tap::ensure("banger-tap7", "banger-itbr").unwrap();
-        tap::ensure("banger-tap7", "banger-itbr").unwrap();
+        tap::ensure("banger-tap7", "banger-itbr", None).unwrap();
+        tap::ensure("banger-tap7", "banger-itbr", None).unwrap();
+        // Owned by a VMM's uid, it is made again for a new owner, then kept.
+        tap::ensure("banger-tap7", "banger-itbr", Some(2_000_000_007)).unwrap();
+        tap::ensure("banger-tap7", "banger-itbr", Some(2_000_000_007)).unwrap();
+        let detail =
+            bangerd::cmd::run("ip", &["-d", "-o", "link", "show", "dev", "banger-tap7"]).unwrap();
+        assert!(detail.contains("user 2000000007"), "{detail}");
         bangerd::cmd::run("ip", &["tuntap", "add", "dev", "other-tap", "mode", "tap"]).unwrap();
         assert_eq!(
             tap::list().unwrap(),

@@ -40,6 +40,7 @@ impl Daemon {
             build_netns: None,
             dns_port: 0,
             socket_group: "banger".into(),
+            vmm_uid_base: 2_000_000_000,
         };
         let socket = cfg.layout.socket();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -45,6 +45,10 @@ pub struct DaemonArgs {
     /// Members of this group may use the socket (when the group exists).
     #[arg(long, default_value = "banger")]
     socket_group: String,
+    /// Each VM's VMM runs as uid and gid BASE + its slot, never as root
+    /// (0: as the daemon's user).
+    #[arg(long, default_value_t = 2_000_000_000)]
+    vmm_uid_base: u32,
 }
 
 pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
@@ -81,6 +85,12 @@ pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
         build_netns: args.build_netns,
         dns_port: args.dns_port,
         socket_group: args.socket_group,
+        // Only root can hand a VMM another uid.
+        vmm_uid_base: if unsafe { libc::geteuid() } == 0 {
+            args.vmm_uid_base
+        } else {
+            0
+        },
     };
     if socket != cfg.layout.socket()
         && std::env::var_os("BANGER_SOCKET").is_none()

@@ -9,17 +9,18 @@ use crate::{output, rpc};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
-    /// Build a guest image from Debian packages (mmdebstrap).
+    /// Build a guest image from Debian packages (mmdebstrap): a new version
+    /// of NAME, which new VMs get; existing VMs keep theirs.
     Build {
         #[arg(default_value = "default")]
         name: String,
     },
-    /// List built images.
+    /// List every version of each image: when it was built, which VMs use it.
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Remove an image no VM uses.
+    /// Remove an image, every version; refused while a VM uses any of them.
     Rm { name: String },
 }
 
@@ -29,8 +30,9 @@ pub fn run(cmd: ImageCommand, socket: &Path) -> anyhow::Result<i32> {
             banger_api::validate_image_name(&name)?;
             let info: ImageInfo = rpc::call(socket, &Request::ImageBuild { name })?;
             eprintln!(
-                "built image {} (kernel {}, {} MiB root filesystem)",
+                "built image {} version {} (kernel {}, {} MiB root filesystem); new VMs get it",
                 info.name,
+                info.version,
                 info.kernel,
                 info.rootfs_bytes >> 20
             );
@@ -40,19 +42,13 @@ pub fn run(cmd: ImageCommand, socket: &Path) -> anyhow::Result<i32> {
             if json {
                 output::print_json(&images)?;
             } else {
-                let rows: Vec<Vec<String>> = images
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            i.name.clone(),
-                            i.kernel.clone(),
-                            format!("{}M", i.rootfs_bytes >> 20),
-                            output::age(i.built_at),
-                            i.path.clone(),
-                        ]
-                    })
-                    .collect();
-                output::table(&["NAME", "KERNEL", "ROOTFS", "BUILT", "PATH"], &rows);
+                let rows: Vec<Vec<String>> = images.iter().map(row).collect();
+                output::table(
+                    &[
+                        "NAME", "VERSION", "KERNEL", "ROOTFS", "BUILT", "USED BY", "PATH",
+                    ],
+                    &rows,
+                );
             }
         }
         ImageCommand::Rm { name } => {
@@ -62,4 +58,58 @@ pub fn run(cmd: ImageCommand, socket: &Path) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// One version as a row of `image list`: the current one marked, its VMs
+/// by name.
+fn row(i: &ImageInfo) -> Vec<String> {
+    let version = match (i.version, i.current) {
+        (v, true) => format!("{v} (current)"),
+        (v, false) => v.to_string(),
+    };
+    let users = if i.used_by.is_empty() {
+        "-".to_string()
+    } else {
+        i.used_by.join(",")
+    };
+    vec![
+        i.name.clone(),
+        version,
+        i.kernel.clone(),
+        format!("{}M", i.rootfs_bytes >> 20),
+        output::age(i.built_at),
+        users,
+        i.path.clone(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_marks_the_current_version_and_names_its_vms() {
+        let mut i = ImageInfo {
+            name: "default".into(),
+            path: "/var/lib/banger/images/default/2".into(),
+            rootfs_bytes: 3 << 20,
+            kernel: "6.1.0-cloud-amd64".into(),
+            built_at: 0,
+            version: 2,
+            current: true,
+            used_by: vec!["a".into(), "b".into()],
+        };
+        let r = row(&i);
+        assert_eq!((r[1].as_str(), r[5].as_str()), ("2 (current)", "a,b"));
+        (i.current, i.used_by) = (false, Vec::new());
+        let r = row(&i);
+        assert_eq!((r[1].as_str(), r[5].as_str()), ("2", "-"));
+    }
+
+    #[test]
+    fn an_older_daemon_answer_still_reads() {
+        let old = r#"{"name":"default","path":"/x","rootfs_bytes":1,"kernel":"k","built_at":1}"#;
+        let i: ImageInfo = serde_json::from_str(old).expect("compatible");
+        assert_eq!((i.version, i.current, i.used_by.len()), (0, false, 0));
+    }
 }

@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use banger_api::types::WorkspaceInfo;
 use banger_api::{validate_vm_name, Request};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use clap::{Subcommand, ValueEnum};
 
 use crate::rpc;
@@ -86,29 +84,51 @@ pub fn run(cmd: WorkspaceCommand, socket: &Path) -> anyhow::Result<i32> {
             output,
         } => {
             validate_vm_name(&vm)?;
-            let v: serde_json::Value = rpc::call(
-                socket,
-                &Request::WorkspaceExport {
-                    name: vm,
-                    base_commit,
-                },
-            )?;
-            let patch = BASE64
-                .decode(v["patch_base64"].as_str().unwrap_or_default())
-                .context("the daemon sent a malformed patch")?;
+            let req = Request::WorkspaceExport {
+                name: vm,
+                base_commit,
+            };
             match output {
-                Some(path) => {
-                    std::fs::write(&path, &patch)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    eprintln!("wrote {} bytes to {}", patch.len(), path.display());
-                }
+                Some(path) => export_to_file(socket, &req, &path)?,
                 None => {
                     let mut out = std::io::stdout().lock();
-                    out.write_all(&patch)?;
+                    let _: serde_json::Value =
+                        rpc::call_streaming(socket, &req, |chunk| out.write_all(chunk))?;
                     out.flush()?;
                 }
             }
         }
     }
     Ok(0)
+}
+
+/// Streams the patch into a file beside `path`, renamed over it only when
+/// the whole patch arrived: a failed export leaves no half patch.
+fn export_to_file(socket: &Path, req: &Request, path: &Path) -> anyhow::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.partial",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?,
+    );
+    let mut written = 0u64;
+    let done: anyhow::Result<serde_json::Value> = rpc::call_streaming(socket, req, |chunk| {
+        written += chunk.len() as u64;
+        file.write_all(chunk)
+    });
+    let done = done.and_then(|v| Ok((v, file.flush()?)));
+    match done {
+        Ok(_) => {
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {written} bytes to {}", path.display());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }

@@ -124,13 +124,8 @@ pub fn base_args(layout: &Layout) -> Vec<String> {
     )
 }
 
-/// Runs `command` in the guest as root and returns its output.
-pub async fn exec(
-    layout: &Layout,
-    ip: &str,
-    command: &str,
-    stdin: Option<Vec<u8>>,
-) -> Result<std::process::Output, GuestError> {
+/// `ssh` to the guest at `ip`, running `command`, pipes ready.
+fn ssh_command(layout: &Layout, ip: &str, command: &str, stdin: bool) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("ssh");
     c.args(base_args(layout))
         .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
@@ -138,15 +133,21 @@ pub async fn exec(
         .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=4"])
         .arg(format!("root@{ip}"))
         .arg(command)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = c
+    c
+}
+
+/// Starts `ssh` and feeds it `stdin`.
+async fn spawn(
+    layout: &Layout,
+    ip: &str,
+    command: &str,
+    stdin: Option<Vec<u8>>,
+) -> Result<tokio::process::Child, GuestError> {
+    let mut child = ssh_command(layout, ip, command, stdin.is_some())
         .spawn()
         .map_err(|e| GuestError::Failed(format!("running ssh: {e}")))?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -155,10 +156,77 @@ pub async fn exec(
             .await
             .map_err(|e| GuestError::Failed(format!("writing to ssh: {e}")))?;
     }
-    child
+    Ok(child)
+}
+
+/// Runs `command` in the guest as root and returns its output.
+pub async fn exec(
+    layout: &Layout,
+    ip: &str,
+    command: &str,
+    stdin: Option<Vec<u8>>,
+) -> Result<std::process::Output, GuestError> {
+    spawn(layout, ip, command, stdin)
+        .await?
         .wait_with_output()
         .await
         .map_err(|e| GuestError::Failed(format!("waiting for ssh: {e}")))
+}
+
+/// The most of a command's stderr kept (its last lines say why it failed).
+const STDERR_KEEP: usize = 64 << 10;
+
+/// Runs `command` in the guest as root, sending its stdout to `out` in
+/// chunks of at most `chunk` bytes as they come (waiting while `out` is
+/// full); returns its exit status and the end of its stderr. Nothing is
+/// held whole.
+pub async fn exec_stream(
+    layout: &Layout,
+    ip: &str,
+    command: &str,
+    stdin: Option<Vec<u8>>,
+    out: tokio::sync::mpsc::Sender<Vec<u8>>,
+    chunk: usize,
+) -> Result<(std::process::ExitStatus, Vec<u8>), GuestError> {
+    use tokio::io::AsyncReadExt;
+    let mut child = spawn(layout, ip, command, stdin).await?;
+    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(GuestError::Failed("ssh without pipes".into()));
+    };
+    let errors = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > STDERR_KEEP {
+                kept.drain(..kept.len() - STDERR_KEEP);
+            }
+        }
+        kept
+    });
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = stdout
+            .read(&mut buf)
+            .await
+            .map_err(|e| GuestError::Failed(format!("reading from ssh: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if out.send(buf[..n].to_vec()).await.is_err() {
+            return Err(GuestError::Failed(
+                "the client left during the transfer".into(),
+            ));
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| GuestError::Failed(format!("waiting for ssh: {e}")))?;
+    Ok((status, errors.await.unwrap_or_default()))
 }
 
 /// Writes the `Host *.vm` block that `ssh-config` prints and installs.

@@ -47,6 +47,8 @@ pub struct FakeProc {
     pub alive: bool,
     pub control: PathBuf,
     pub drives: BTreeSet<String>,
+    /// The kernel it booted (which image version's).
+    pub kernel: PathBuf,
 }
 
 #[derive(Default)]
@@ -64,6 +66,10 @@ struct State {
     guest_running: usize,
     /// Control sockets of VMMs that live but no longer answer.
     wedged: BTreeSet<PathBuf>,
+    /// Files handed over to a VMM's uid.
+    owners: BTreeMap<PathBuf, u32>,
+    /// The uid each fake VMM runs as.
+    vmm_uids: BTreeMap<u32, Option<u32>>,
 }
 
 /// The fake host's state, shared by every fake port (and surviving a
@@ -155,6 +161,20 @@ impl World {
         self.state().guest_running
     }
 
+    /// The uid `path` was handed over to, if any.
+    pub fn owner_of(&self, path: &Path) -> Option<u32> {
+        self.state().owners.get(path).copied()
+    }
+
+    /// The uid the live VMM of `name` runs as (`None`: the daemon's).
+    pub fn vmm_uid(&self, name: &str) -> Option<Option<u32>> {
+        let st = self.state();
+        st.procs
+            .iter()
+            .find(|(_, p)| p.alive && p.name == name)
+            .and_then(|(pid, _)| st.vmm_uids.get(pid).copied())
+    }
+
     /// Makes `name`'s VMM stop answering on its control channel.
     pub fn wedge_vmm(&self, name: &str) {
         let mut st = self.state();
@@ -193,7 +213,7 @@ impl Net for FakeNet {
         self.0.state().bridges.insert(bridge.to_string());
         Ok(())
     }
-    fn ensure_tap(&self, tap: &str, _bridge: &str) -> Result<(), NetError> {
+    fn ensure_tap(&self, tap: &str, _bridge: &str, _owner: Option<u32>) -> Result<(), NetError> {
         self.0.hit("net.ensure_tap").map_err(failed)?;
         self.0.state().taps.insert(tap.to_string());
         Ok(())
@@ -310,6 +330,16 @@ impl Provision for FakeProvision {
             &format!("ssh-ed25519 AAAAfakekey {comment}\n"),
         )
     }
+    fn hand_over(&self, paths: &[PathBuf], uid: u32, _gid: u32) -> Result<(), GuestError> {
+        self.0
+            .hit("provision.hand_over")
+            .map_err(GuestError::Failed)?;
+        let mut st = self.0.state();
+        for p in paths {
+            st.owners.insert(p.clone(), uid);
+        }
+        Ok(())
+    }
     fn build_config_drive(&self, identity: &Identity, dest: &Path) -> Result<(), GuestError> {
         self.0
             .hit("provision.config_drive")
@@ -337,18 +367,45 @@ impl GuestLink for FakeGuest {
             if hang {
                 std::future::pending::<()>().await;
             }
-            let stdout = match word.as_str() {
-                "ss" => b"tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=1,fd=3))\n"
-                    .to_vec(),
-                "sh" => b"diff --git a/x b/x\n".to_vec(),
-                _ => Vec::new(),
-            };
             Ok(Output {
                 status: ExitStatus::from_raw(0),
-                stdout,
+                stdout: FakeGuest::answer(&word),
                 stderr: Vec::new(),
             })
         })
+    }
+
+    fn exec_stream<'a>(
+        &'a self,
+        ip: &'a str,
+        command: &'a str,
+        stdin: Option<Vec<u8>>,
+        out: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<super::StreamEnd, GuestError>> {
+        let whole = self.exec(ip, command, stdin);
+        Box::pin(async move {
+            let output = whole.await?;
+            // In small chunks, so a test sees the answer streamed.
+            for chunk in output.stdout.chunks(7) {
+                out.send(chunk.to_vec())
+                    .await
+                    .map_err(|_| GuestError::Failed("the client left".into()))?;
+            }
+            Ok((output.status, output.stderr))
+        })
+    }
+}
+
+impl FakeGuest {
+    /// The fake's answer to `word` (what `exec` returns).
+    fn answer(word: &str) -> Vec<u8> {
+        match word {
+            "ss" => {
+                b"tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:((\"sshd\",pid=1,fd=3))\n".to_vec()
+            }
+            "sh" => b"diff --git a/x b/x\n".to_vec(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -378,9 +435,11 @@ impl CowDisk for FakeDisk {
     fn format(&self) -> DiskFormat {
         DiskFormat::Raw
     }
-    fn create(&self, _base: &Path, dest: &Path, _size_gib: u32) -> Result<(), DiskError> {
+    fn create(&self, base: &Path, dest: &Path, _size_gib: u32) -> Result<(), DiskError> {
         self.0.hit("disk.create").map_err(DiskError::Failed)?;
-        std::fs::write(dest, "disk").map_err(|e| DiskError::io(dest, e))
+        // What it is made over, as a qcow2 overlay names its backing file.
+        let over = format!("disk over {}", base.display());
+        std::fs::write(dest, over).map_err(|e| DiskError::io(dest, e))
     }
     fn remove(&self, dest: &Path) -> Result<(), DiskError> {
         self.0.hit("disk.remove").map_err(DiskError::Failed)?;
@@ -441,8 +500,10 @@ impl Vmm for FakeVmm {
                 alive: true,
                 control: spec.control_socket.clone(),
                 drives: spec.drives.iter().map(|d| d.serial.clone()).collect(),
+                kernel: spec.kernel.clone(),
             },
         );
+        st.vmm_uids.insert(pid, spec.run_as.map(|(uid, _)| uid));
         Ok(handle)
     }
     fn is_alive(&self, handle: &RuntimeHandle, name: &str) -> bool {

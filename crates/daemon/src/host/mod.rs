@@ -11,7 +11,7 @@ pub mod system;
 pub mod fake;
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Output;
 use std::sync::Arc;
@@ -27,8 +27,9 @@ use crate::vmm::Vmm;
 pub trait Net: Send + Sync {
     /// Creates the bridge with the gateway address, up. Idempotent.
     fn ensure_bridge(&self, bridge: &str, subnet: &Subnet) -> Result<(), NetError>;
-    /// Creates `tap` on `bridge`, up. Idempotent.
-    fn ensure_tap(&self, tap: &str, bridge: &str) -> Result<(), NetError>;
+    /// Creates `tap` on `bridge`, up, usable by `owner` (the VMM's uid)
+    /// without privileges. Idempotent.
+    fn ensure_tap(&self, tap: &str, bridge: &str, owner: Option<u32>) -> Result<(), NetError>;
     /// Removes `tap`; already gone is success.
     fn remove_tap(&self, tap: &str) -> Result<(), NetError>;
     /// Every banger tap on the host.
@@ -41,6 +42,8 @@ pub trait Provision: Send + Sync {
     fn generate_key(&self, path: &Path, comment: &str) -> Result<(), GuestError>;
     /// Builds the config drive image at `dest` (replacing it).
     fn build_config_drive(&self, identity: &Identity, dest: &Path) -> Result<(), GuestError>;
+    /// Gives `paths` to `uid`:`gid` (the unprivileged VMM), owner-only.
+    fn hand_over(&self, paths: &[PathBuf], uid: u32, gid: u32) -> Result<(), GuestError>;
 }
 
 /// A boxed future, for the async port methods.
@@ -55,7 +58,20 @@ pub trait GuestLink: Send + Sync {
         command: &'a str,
         stdin: Option<Vec<u8>>,
     ) -> BoxFuture<'a, Result<Output, GuestError>>;
+    /// Like [`GuestLink::exec`], with stdout sent to `out` in chunks as it
+    /// comes (large answers), never held whole.
+    fn exec_stream<'a>(
+        &'a self,
+        ip: &'a str,
+        command: &'a str,
+        stdin: Option<Vec<u8>>,
+        out: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<StreamEnd, GuestError>>;
 }
+
+/// What a streamed guest command ends with: its exit status and the end
+/// of its stderr.
+pub type StreamEnd = (std::process::ExitStatus, Vec<u8>);
 
 /// NAT rules go through this.
 pub type NatPort = dyn Iptables + Send + Sync;

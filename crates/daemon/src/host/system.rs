@@ -1,6 +1,6 @@
 //! The real adapters behind the host ports.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 
@@ -19,8 +19,8 @@ impl Net for IpNet {
     fn ensure_bridge(&self, bridge: &str, subnet: &Subnet) -> Result<(), NetError> {
         bridge::ensure(bridge, subnet)
     }
-    fn ensure_tap(&self, tap: &str, bridge: &str) -> Result<(), NetError> {
-        tap::ensure(tap, bridge)
+    fn ensure_tap(&self, tap: &str, bridge: &str, owner: Option<u32>) -> Result<(), NetError> {
+        tap::ensure(tap, bridge, owner)
     }
     fn remove_tap(&self, tap: &str) -> Result<(), NetError> {
         tap::remove(tap)
@@ -40,6 +40,18 @@ impl Provision for SystemProvision {
     fn build_config_drive(&self, identity: &Identity, dest: &Path) -> Result<(), GuestError> {
         configdrive::build(identity, dest)
     }
+
+    fn hand_over(&self, paths: &[PathBuf], uid: u32, gid: u32) -> Result<(), GuestError> {
+        use crate::pathio::FromPathIo;
+        use std::os::unix::fs::PermissionsExt;
+        for p in paths {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| GuestError::io(p, e))?;
+            let mode = if p.is_dir() { 0o700 } else { 0o600 };
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| GuestError::io(p, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// OpenSSH with the daemon's client key and known_hosts.
@@ -55,6 +67,23 @@ impl GuestLink for OpenSsh {
         stdin: Option<Vec<u8>>,
     ) -> BoxFuture<'a, Result<Output, GuestError>> {
         Box::pin(ssh::exec(&self.layout, ip, command, stdin))
+    }
+
+    fn exec_stream<'a>(
+        &'a self,
+        ip: &'a str,
+        command: &'a str,
+        stdin: Option<Vec<u8>>,
+        out: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<super::StreamEnd, GuestError>> {
+        Box::pin(ssh::exec_stream(
+            &self.layout,
+            ip,
+            command,
+            stdin,
+            out,
+            crate::opstate::CHUNK,
+        ))
     }
 }
 

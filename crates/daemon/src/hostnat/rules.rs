@@ -211,5 +211,9 @@ pub fn vm_of(line: &str) -> Option<String> {
     let args = split_rule(line);
     let i = args.iter().position(|a| a == "--comment")?;
     let name = args.get(i + 1)?.strip_prefix("banger:")?;
-    (name != "isolate" && banger_api::validate_vm_name(name).is_ok()).then(|| name.to_string())
+    // `isolate` is a valid VM name, so its rules carry ISOLATE_TAG too: the
+    // bridge-wide rule is told apart as the one that drops (a VM's accept).
+    let drops = args.windows(2).any(|w| w[0] == "-j" && w[1] == "DROP");
+    (!(name == "isolate" && drops) && banger_api::validate_vm_name(name).is_ok())
+        .then(|| name.to_string())
 }

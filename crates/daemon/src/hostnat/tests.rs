@@ -122,3 +122,29 @@ fn rule_lines_parse_back_to_vm_names() {
     );
     assert_eq!(rules::split_rule("a \"b c\" d"), ["a", "b c", "d"]);
 }
+
+/// Found by the `iptables_rules` fuzz target: `isolate` is a valid VM name,
+/// and its rules carry the isolation rule's tag; they were taken for the
+/// isolation rule, so reconcile never removed them once orphaned (and the
+/// next VM given that address would have had NAT).
+#[test]
+fn a_vm_named_isolate_is_not_the_isolation_rule() {
+    assert_eq!(
+        rules::vm_of("-A POSTROUTING -s 172.30.0.2/32 ! -o banger0 -m comment --comment banger:isolate -j MASQUERADE"),
+        Some("isolate".into())
+    );
+    for rule in rules::for_vm("isolate", "172.30.0.2", "banger0") {
+        let line = format!("-A {} {}", rule.chain, rule.spec.join(" "));
+        assert_eq!(rules::vm_of(&line), Some("isolate".into()), "{line}");
+    }
+    let ipt = FakeIptables::default();
+    install(&ipt, "isolate", "172.30.0.2", "banger0").unwrap();
+    ensure_isolation(&ipt, "banger0").unwrap();
+    assert_eq!(
+        list(&ipt).unwrap().into_iter().collect::<Vec<_>>(),
+        ["isolate"]
+    );
+    assert_eq!(reconcile(&ipt, &[], "banger0").unwrap(), ["isolate"]);
+    assert_eq!(ipt.count("172.30.0.2"), 0, "the orphan's rules stayed");
+    assert_eq!(ipt.count("-j DROP"), 1, "the isolation rule was removed");
+}

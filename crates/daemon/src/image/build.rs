@@ -1,16 +1,16 @@
 //! Builds an image from Debian packages: mmdebstrap a bookworm tree, apply
 //! banger's changes, take out the kernel, write our initrd, pack the tree
-//! into an ext4 root filesystem. The image directory appears only when
-//! complete (built beside it, renamed into place).
+//! into an ext4 root filesystem. Each build is a new version of the image,
+//! which appears only when complete (see [`super::catalog`]).
 
 use crate::pathio::FromPathIo;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::{customize, ImageError, Manifest};
+use super::{catalog, customize, ImageError, Manifest};
 use crate::cmd;
-use crate::layout::{ensure_dir, ImagePaths};
+use crate::layout::{ImagePaths, Layout};
 
 /// Debian packages in every image.
 pub const PACKAGES: &[&str] = &[
@@ -33,39 +33,23 @@ pub const SUITE: &str = "bookworm";
 /// Reports a phase and a percentage.
 pub type Report<'a> = &'a (dyn Fn(&str, u8) + Send + Sync);
 
-/// Builds image `name` into `dest`. An existing image there is replaced only
-/// once the new one is complete.
+/// Builds a new version of image `name` under the image directory and
+/// makes it current (see [`catalog::install`]: the version appears only
+/// when complete; a failed build leaves the previous one as it was).
+/// Returns the version. The caller holds the image build lock.
 ///
 /// `netns`, when given, is a network namespace (e.g. `/proc/1/ns/net`) that
 /// mmdebstrap runs in, for a daemon that lives in a namespace without a
 /// route to the Debian mirror.
 pub fn build(
+    layout: &Layout,
     name: &str,
-    dest: &ImagePaths,
     netns: Option<&Path>,
     report: Report<'_>,
-) -> Result<(), ImageError> {
-    let parent = dest
-        .dir
-        .parent()
-        .ok_or_else(|| ImageError::Invalid("image directory has no parent".into()))?;
-    ensure_dir(parent, 0o755).map_err(|e| ImageError::io(parent, e))?;
-    let staging = ImagePaths::new(parent.join(format!(".{name}.building")));
-    let _ = std::fs::remove_dir_all(&staging.dir);
-    std::fs::create_dir_all(&staging.dir).map_err(|e| ImageError::io(&staging.dir, e))?;
-    let result = build_into(name, &staging, netns, report);
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging.dir);
-        return result;
-    }
-    let old = parent.join(format!(".{name}.old"));
-    let _ = std::fs::remove_dir_all(&old);
-    if dest.dir.exists() {
-        std::fs::rename(&dest.dir, &old).map_err(|e| ImageError::io(&dest.dir, e))?;
-    }
-    std::fs::rename(&staging.dir, &dest.dir).map_err(|e| ImageError::io(&dest.dir, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+) -> Result<u32, ImageError> {
+    catalog::install(layout, name, |staging| {
+        build_into(name, staging, netns, report)
+    })
 }
 
 fn build_into(

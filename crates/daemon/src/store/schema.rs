@@ -47,6 +47,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE vms ADD COLUMN pid_start INTEGER;
     ALTER TABLE vms ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;
     ",
+    // 3: the image version each VM was made from. Earlier VMs were made
+    // from an image built before versions: version 0, whose files stay
+    // where their disks point (`layout::LEGACY_IMAGE_VERSION`).
+    "
+    ALTER TABLE vms ADD COLUMN image_version INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -129,6 +135,7 @@ INSERT INTO operations VALUES ('op-1', 'vm_create', 'old', 'succeeded', 'ready',
         assert_eq!(vm.disk, crate::disk::Strategy::Qcow2);
         assert_eq!(vm.runtime.map(|r| (r.pid, r.start_time)), Some((4242, 0)));
         assert_eq!(vm.owner_uid, 0);
+        assert_eq!(vm.image_version, crate::layout::LEGACY_IMAGE_VERSION);
         assert_eq!(vm.workspace.unwrap().head, "abc123");
         assert_eq!(store.list_ops(5).unwrap()[0].id, "op-1");
         drop(store);
@@ -140,6 +147,31 @@ INSERT INTO operations VALUES ('op-1', 'vm_create', 'old', 'succeeded', 'ready',
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, VERSION);
+    }
+
+    #[test]
+    fn vms_from_before_image_versions_are_on_the_image_built_before_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO vms (name, state, slot, ip, mac, tap, vmm, cpus, memory_mib,
+                     disk_gib, image, nat, created_at, disk_strategy, owner_uid)
+                 VALUES ('old', 'stopped', 1, '10.0.0.2', '02:00:00:00:00:01', 'tap1',
+                     'qemu', 1, 512, 4, 'default', 0, 1700000000, 'qcow2', 1000);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let vm = store.get_vm("old").unwrap().unwrap();
+        assert_eq!(
+            (vm.image.as_str(), vm.image_version, vm.owner_uid),
+            ("default", crate::layout::LEGACY_IMAGE_VERSION, 1000)
+        );
     }
 
     #[test]

@@ -47,8 +47,8 @@ impl Store {
         };
         tx.execute(
             "INSERT INTO vms (name, state, slot, ip, mac, tap, vmm, cpus, memory_mib, disk_gib,
-                              image, nat, created_at, disk_strategy, owner_uid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                              image, nat, created_at, disk_strategy, owner_uid, image_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 vm.name,
                 vm.state.as_str(),
@@ -65,6 +65,7 @@ impl Store {
                 vm.created_at,
                 vm.disk.as_str(),
                 vm.owner_uid,
+                vm.image_version,
             ],
         )?;
         tx.commit()?;
@@ -164,6 +165,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
         memory_mib: r.get("memory_mib")?,
         disk_gib: r.get("disk_gib")?,
         image: r.get("image")?,
+        image_version: r.get("image_version")?,
         nat: r.get("nat")?,
         created_at: r.get("created_at")?,
         last_error: r.get("last_error")?,

@@ -51,7 +51,7 @@ impl VmService {
 
     async fn boot_inner(self: &Arc<Self>, op: &Op, vm: &mut VmRecord, pct: u8) -> R<()> {
         let l = self.layout().clone();
-        let image = l.image(&vm.image);
+        let image = vm.image_files(&l);
         if !image.exists() {
             return Err(VmError::ImageMissing(format!(
                 "image {:?} of VM {:?} is gone; rebuild it with `banger image build {}`",
@@ -77,6 +77,7 @@ impl VmService {
             let (b, kernel) = (backend.clone(), image.kernel());
             blocking(move || b.probe(&kernel)).await;
         }
+        let run_as = self.vmm_identity(vm);
         let drives = backend.drive_plan(BootDrives {
             root,
             config: Drive {
@@ -100,7 +101,12 @@ impl VmService {
             console_log: l.vm_console_log(&vm.name),
             pid_file: l.vm_pid_file(&vm.name),
             control_socket: l.vm_control_socket(&vm.name),
+            run_as,
+            stderr_log: l.vm_stderr_log(&vm.name),
         };
+        if let Some((uid, gid)) = run_as {
+            self.hand_over_to_vmm(&spec, uid, gid).await?;
+        }
         op.phase(
             "boot",
             &format!("starting {} ({})", vm.name, backend.name()),
@@ -141,9 +147,39 @@ impl VmService {
         }
         let net = self.host.net.clone();
         let (tap, bridge) = (vm.tap.clone(), self.cfg.bridge.clone());
-        blocking(move || net.ensure_tap(&tap, &bridge))
+        let owner = self.vmm_identity(vm).map(|(uid, _)| uid);
+        blocking(move || net.ensure_tap(&tap, &bridge, owner))
             .await
             .context(|| format!("creating tap {}", vm.tap))
+    }
+
+    /// The unprivileged uid and gid `vm`'s VMM runs as: one per VM, from
+    /// `--vmm-uid-base` and the VM's slot (none when that is 0).
+    pub(crate) fn vmm_identity(&self, vm: &VmRecord) -> Option<(u32, u32)> {
+        let base = self.cfg.vmm_uid_base;
+        (base != 0).then(|| (base + vm.slot, base + vm.slot))
+    }
+
+    /// Gives the VMM's uid what it opens itself: its run directory (QMP
+    /// socket, pid file), the root disk, the config drive, the console log
+    /// and any workspace drive. The image it boots stays root's, readable.
+    async fn hand_over_to_vmm(&self, spec: &LaunchSpec, uid: u32, gid: u32) -> R<()> {
+        let console = spec.console_log.clone();
+        if !console.exists() {
+            std::fs::write(&console, b"")
+                .map_err(|e| VmError::Host(FromPathIo::io(&console, e)))?;
+        }
+        let run_dir = spec
+            .control_socket
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let mut paths = vec![run_dir, spec.stderr_log.clone(), console];
+        paths.extend(spec.drives.iter().map(|d| d.path.clone()));
+        let provision = self.host.provision.clone();
+        blocking(move || provision.hand_over(&paths, uid, gid))
+            .await
+            .context(|| format!("handing the VM's files to uid {uid}"))
     }
 
     /// The root disk, made usable; what the VMM opens.
@@ -155,7 +191,7 @@ impl VmService {
                 vm.disk.as_str()
             ))
         })?;
-        let base = self.layout().image(&vm.image).rootfs();
+        let base = vm.image_files(self.layout()).rootfs();
         let dest = self.layout().vm_disk(&vm.name, vm.disk);
         let format = disk.format();
         let path = blocking(move || disk.activate(&base, &dest))

@@ -68,7 +68,7 @@ impl VmService {
         })?
         .strategy();
         let draft = VmRecord::draft(&spec, backend.name(), strategy, owner_uid);
-        let vm = self.store.insert_vm(&draft, &self.plan())?;
+        let vm = self.insert_on_current_image(draft)?;
         op.phase(
             "provision",
             &format!(
@@ -94,7 +94,7 @@ impl VmService {
     }
 
     fn check_disk_size(&self, spec: &VmSpec) -> R<()> {
-        let rootfs = self.layout().image(&spec.image).rootfs();
+        let rootfs = self.current_image(&spec.image)?.rootfs();
         let bytes = std::fs::metadata(&rootfs).map(|m| m.len()).unwrap_or(0);
         let min_gib = bytes.div_ceil(1 << 30) as u32;
         if spec.disk_gib < min_gib {
@@ -116,7 +116,8 @@ impl VmService {
     fn provision_blocking(&self, vm: &VmRecord, keys: &[String]) -> R<()> {
         let l = self.layout();
         let dir = l.vm_dir(&vm.name);
-        ensure_dir(&dir, 0o700).map_err(|e| VmError::Host(FromPathIo::io(&dir, e)))?;
+        // The VMM's uid reaches the files handed to it by name only.
+        ensure_dir(&dir, 0o711).map_err(|e| VmError::Host(FromPathIo::io(&dir, e)))?;
         let host_key = l.vm_host_key(&vm.name);
         self.host
             .provision
@@ -150,7 +151,7 @@ impl VmService {
         })?;
         let dest = l.vm_disk(&vm.name, vm.disk);
         if !dest.exists() {
-            disk.create(&l.image(&vm.image).rootfs(), &dest, vm.disk_gib)
+            disk.create(&vm.image_files(l).rootfs(), &dest, vm.disk_gib)
                 .context(|| format!("creating the root disk of {}", vm.name))?;
         }
         ssh::pin_host_key(l, &vm.name, &vm.ip, &host_pub)?;

@@ -1,7 +1,8 @@
 //! Reconciliation at daemon start: running VMs are re-adopted, dead ones
 //! marked stopped (or `error` when they died being created), leaked taps,
-//! NAT rules and stray per-VM files removed, interrupted operations marked
-//! failed. Every state change goes through the transition table.
+//! NAT rules, stray per-VM files and image versions no VM uses removed,
+//! interrupted operations marked failed. Every state change goes through
+//! the transition table.
 
 use std::collections::HashSet;
 
@@ -21,6 +22,9 @@ pub struct Report {
     pub removed_nat: Vec<String>,
     /// Disk devices set up for disks no VM has (see `CowDisk::leaked`).
     pub leaked_disks: Vec<String>,
+    /// Image versions no VM uses that are not current, as `NAME vVERSION`
+    /// (a crash came between a build or a delete and their removal).
+    pub removed_images: Vec<String>,
     pub failed_ops: usize,
 }
 
@@ -56,6 +60,10 @@ pub async fn reconcile(svc: &VmService) -> Report {
         Err(e) => tracing::warn!("reconciling NAT rules: {e}"),
     }
     report.removed_dirs = remove_stray_dirs(svc, &vms);
+    for image in crate::image::catalog::names(svc.layout()) {
+        let removed = svc.prune_image(&image, true).await;
+        report.removed_images.extend(removed);
+    }
     let known: Vec<_> = vms
         .iter()
         .map(|v| svc.layout().vm_disk(&v.name, v.disk))

@@ -5,6 +5,7 @@ use banger_api::types::WorkspaceInfo;
 use banger_api::{VmInfo, VmSpec, VmState};
 
 use crate::disk::Strategy;
+use crate::layout::{ImagePaths, Layout};
 use crate::vmm::RuntimeHandle;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,9 @@ pub struct VmRecord {
     pub memory_mib: u32,
     pub disk_gib: u32,
     pub image: String,
+    /// The version of `image` the root disk is made over (see
+    /// `image::catalog`): picked at create, kept until the VM is deleted.
+    pub image_version: u32,
     pub nat: bool,
     /// Seconds since the Unix epoch.
     pub created_at: i64,
@@ -53,12 +57,19 @@ impl VmRecord {
             memory_mib: spec.memory_mib,
             disk_gib: spec.disk_gib,
             image: spec.image.clone(),
+            // Set when the VM is recorded, to the image's current version.
+            image_version: crate::layout::LEGACY_IMAGE_VERSION,
             nat: spec.nat,
             created_at: crate::store::now(),
             last_error: None,
             workspace: None,
             owner_uid,
         }
+    }
+
+    /// The files of the image version the VM boots from.
+    pub fn image_files(&self, layout: &Layout) -> ImagePaths {
+        layout.image_version(&self.image, self.image_version)
     }
 
     /// What `vm show --json` prints.
@@ -76,6 +87,7 @@ impl VmRecord {
             memory_mib: self.memory_mib,
             disk_gib: self.disk_gib,
             image: self.image.clone(),
+            image_version: self.image_version,
             nat: self.nat,
             created_at: self.created_at,
             pid: self.runtime.map(|r| r.pid),

@@ -1,5 +1,6 @@
 //! `vm delete` and `vm prune`: everything a VM owns goes (process, tap,
-//! NAT rules, disk, files, pinned host key, DNS record with the row).
+//! NAT rules, disk, files, pinned host key, DNS record with the row), and
+//! the superseded image version it was the last VM on.
 
 use std::sync::Arc;
 
@@ -102,6 +103,9 @@ impl VmService {
         })
         .await?;
         self.store.delete_vm(&vm.name)?;
+        // Its image version goes too if it was the last VM on it and a
+        // newer one is current.
+        self.prune_image(&vm.image, false).await;
         Ok(())
     }
 

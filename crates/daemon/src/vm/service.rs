@@ -41,6 +41,9 @@ pub struct Config {
     pub dns_port: u16,
     /// The group whose members may use the socket, when it exists.
     pub socket_group: String,
+    /// VMMs run as uid (and gid) `vmm_uid_base + slot`, one per VM; 0 runs
+    /// them as the daemon's user.
+    pub vmm_uid_base: u32,
 }
 
 pub struct VmService {
@@ -50,6 +53,9 @@ pub struct VmService {
     pub ops: Arc<OpTracker>,
     /// One image build at a time.
     pub(super) image_lock: tokio::sync::Mutex<()>,
+    /// Held while a create records the image version it takes, and while
+    /// image versions are removed: a version is never removed under a VM.
+    pub(super) image_pins: Arc<std::sync::Mutex<()>>,
     /// Whether the `.vm` DNS server runs (endpoints then use names).
     pub dns_running: std::sync::atomic::AtomicBool,
 }
@@ -73,6 +79,7 @@ impl VmService {
             store,
             ops,
             image_lock: tokio::sync::Mutex::new(()),
+            image_pins: Arc::default(),
             dns_running: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -174,6 +181,29 @@ impl VmService {
     ) -> R<std::process::Output> {
         match tokio::time::timeout(deadline, self.host.guest.exec(&vm.ip, command, stdin)).await {
             Ok(out) => Ok(out?),
+            Err(_) => Err(VmError::Failed(format!(
+                "{} did not finish `{}` within {}s; `banger vm kill {}` stops a stuck guest",
+                vm.name,
+                command.split_whitespace().next().unwrap_or(command),
+                deadline.as_secs(),
+                vm.name
+            ))),
+        }
+    }
+
+    /// Like [`VmService::guest_exec`], the command's stdout streamed to
+    /// `out` in chunks.
+    pub async fn guest_exec_stream(
+        &self,
+        vm: &VmRecord,
+        command: &str,
+        stdin: Option<Vec<u8>>,
+        out: tokio::sync::mpsc::Sender<Vec<u8>>,
+        deadline: Duration,
+    ) -> R<crate::host::StreamEnd> {
+        let run = self.host.guest.exec_stream(&vm.ip, command, stdin, out);
+        match tokio::time::timeout(deadline, run).await {
+            Ok(end) => Ok(end?),
             Err(_) => Err(VmError::Failed(format!(
                 "{} did not finish `{}` within {}s; `banger vm kill {}` stops a stuck guest",
                 vm.name,

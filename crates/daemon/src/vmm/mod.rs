@@ -114,6 +114,11 @@ pub struct LaunchSpec {
     pub pid_file: PathBuf,
     /// The backend's control socket (QMP, or Firecracker's API).
     pub control_socket: PathBuf,
+    /// The unprivileged uid and gid the VMM runs as (`None`: the daemon's
+    /// own, when the daemon is not root). Its files are handed to it first.
+    pub run_as: Option<(u32, u32)>,
+    /// Where the VMM's own error output goes.
+    pub stderr_log: PathBuf,
 }
 
 /// How the daemon finds a running VMM again: its pid, and the process's

@@ -128,10 +128,86 @@ impl Qemu {
         a.push(qmp);
         a.push("-pidfile".into());
         a.push(spec.pid_file.clone().into());
-        a.push("-daemonize".into());
+        // Device emulation runs under QEMU's seccomp filter: no obsolete
+        // calls, no privilege changes, no new processes, no scheduler or
+        // resource changes.
+        a.push("-sandbox".into());
+        a.push(SANDBOX.into());
         a
     }
+
+    /// The process that runs QEMU: as `spec.run_as` when given, with no
+    /// way to gain privileges.
+    fn command(&self, spec: &LaunchSpec) -> std::process::Command {
+        let mut c = match spec.run_as {
+            Some(_) => std::process::Command::new("setpriv"),
+            None => std::process::Command::new("qemu-system-x86_64"),
+        };
+        if let Some((uid, gid)) = spec.run_as {
+            // KVM needs /dev/kvm's group; nothing else needs any group.
+            let groups = match (self.kvm(&spec.kernel), kvm_group()) {
+                (true, Some(g)) => format!("--groups={g}"),
+                _ => "--clear-groups".to_string(),
+            };
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg(groups)
+                .arg("--no-new-privs")
+                .args(["--", "qemu-system-x86_64"]);
+        }
+        c.args(self.args(spec));
+        c
+    }
+
+    /// Waits for QEMU to open its control socket; a QEMU that exits first
+    /// failed, and its stderr says why. A thread then reaps it when it
+    /// ends (after a daemon restart, init does).
+    fn wait_started(
+        &self,
+        spec: &LaunchSpec,
+        mut child: std::process::Child,
+    ) -> Result<RuntimeHandle, VmmError> {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        let failed = |why: String| {
+            let stderr = std::fs::read_to_string(&spec.stderr_log).unwrap_or_default();
+            match stderr.trim().lines().last() {
+                Some(line) => VmmError::Launch(format!("qemu-system-x86_64: {line}")),
+                None => VmmError::Launch(why),
+            }
+        };
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(failed(format!("QEMU exited at start ({status})")));
+            }
+            let connected = std::os::unix::net::UnixStream::connect(&spec.control_socket).is_ok();
+            if let (true, Some(handle)) = (connected, process::handle_of(child.id())) {
+                std::thread::spawn(move || child.wait());
+                return Ok(handle);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "QEMU did not open its control socket within {}s",
+                    START_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
+
+/// The group that owns /dev/kvm.
+fn kvm_group() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/dev/kvm").ok().map(|m| m.gid())
+}
+
+/// QEMU's seccomp sandbox, as tight as it goes.
+const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// How long QEMU may take to come up (open its sockets, write its pid).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn push_dev(a: &mut Vec<OsString>, spec: &str) {
     a.push("-device".into());
@@ -206,18 +282,30 @@ impl Vmm for Qemu {
     fn launch(&self, spec: &LaunchSpec) -> Result<RuntimeHandle, VmmError> {
         let _ = std::fs::remove_file(&spec.pid_file);
         let _ = std::fs::remove_file(&spec.control_socket);
-        // With -daemonize, QEMU exits non-zero (with its reason on stderr)
-        // when the configuration is wrong, and zero once the VM runs.
-        cmd::run("qemu-system-x86_64", &self.args(spec)).map_err(|e| match e {
-            cmd::CmdError::Failed { stderr, status, .. } => {
-                VmmError::Launch(format!("qemu-system-x86_64 {status}: {stderr}"))
-            }
-            other => VmmError::Launch(other.to_string()),
+        // Not -daemonize: QEMU's sandbox forbids the fork that needs. A
+        // session of its own detaches it from the daemon instead; its
+        // errors go to `stderr_log`.
+        let stderr = std::fs::File::create(&spec.stderr_log).map_err(|source| VmmError::Io {
+            what: format!("creating {}", spec.stderr_log.display()),
+            source,
         })?;
-        let pid = process::read_pid_file(&spec.pid_file)
-            .ok_or_else(|| VmmError::Launch(format!("no pid in {}", spec.pid_file.display())))?;
-        process::handle_of(pid)
-            .ok_or_else(|| VmmError::Launch(format!("QEMU (pid {pid}) exited right after start")))
+        let mut command = self.command(spec);
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| VmmError::Io {
+            what: "starting qemu-system-x86_64".into(),
+            source,
+        })?;
+        self.wait_started(spec, child)
     }
 
     fn request_shutdown(&self, control_socket: &Path) -> Result<(), VmmError> {
@@ -316,6 +404,8 @@ mod tests {
             console_log: "/s/console.log".into(),
             pid_file: "/r/vmm.pid".into(),
             control_socket: "/r/control.sock".into(),
+            run_as: Some((2_000_000_001, 2_000_000_001)),
+            stderr_log: "/r/vmm.stderr".into(),
         };
         let qemu = Qemu::new(AccelChoice::Tcg, "/nonexistent/verdict".into());
         assert!(!qemu.probe_pending(), "--accel tcg needs no probe");
@@ -334,5 +424,17 @@ mod tests {
         assert!(line.contains("mac=02:62:67:00:00:01"));
         assert!(args.iter().any(|a| a.ends_with(" banger-vm=dev")));
         assert!(line.contains("-no-reboot"));
+        assert!(line.contains(&format!("-sandbox {SANDBOX}")));
+        assert!(!line.contains("-daemonize"), "the sandbox forbids the fork");
+        let cmd = qemu.command(&spec);
+        let argv: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            argv[..3],
+            ["setpriv", "--reuid=2000000001", "--regid=2000000001"]
+        );
+        assert!(argv.contains(&"--no-new-privs".to_string()));
     }
 }

@@ -47,36 +47,67 @@ const IMPORT_SERIAL: &str = "banger-ws-import";
 /// Runs `script` in the guest with `sh -s -- ARGS`; non-zero is an error
 /// carrying the script's last stderr line (exit 3: the caller's mistake).
 async fn guest_script(svc: &VmService, vm: &VmRecord, script: &str, args: &[&str]) -> R<Vec<u8>> {
+    let stdin = Some(script.as_bytes().to_vec());
+    let out = svc
+        .guest_exec(vm, &script_command(args), stdin, SCRIPT_DEADLINE)
+        .await?;
+    script_result(vm, out.status, &out.stderr)?;
+    Ok(out.stdout)
+}
+
+/// `sh -s -- ARGS`, the command a script runs as.
+fn script_command(args: &[&str]) -> String {
     let mut command = String::from("sh -s --");
     for a in args {
         command.push(' ');
         command.push_str(a);
     }
-    let out = svc
-        .guest_exec(
-            vm,
-            &command,
-            Some(script.as_bytes().to_vec()),
-            SCRIPT_DEADLINE,
-        )
-        .await?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or("")
-            .trim_start_matches("banger: ")
-            .to_string();
-        let message = format!("in {}: {last}", vm.name);
-        return Err(if out.status.code() == Some(3) {
-            VmError::InvalidArgument(message)
-        } else {
-            VmError::Failed(message)
-        });
+    command
+}
+
+/// A script's exit as an error carrying its last stderr line (exit 3: the
+/// caller's mistake).
+fn script_result(vm: &VmRecord, status: std::process::ExitStatus, stderr: &[u8]) -> R<()> {
+    if status.success() {
+        return Ok(());
     }
-    Ok(out.stdout)
+    let stderr = String::from_utf8_lossy(stderr);
+    let last = stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim_start_matches("banger: ")
+        .to_string();
+    let message = format!("in {}: {last}", vm.name);
+    Err(if status.code() == Some(3) {
+        VmError::InvalidArgument(message)
+    } else {
+        VmError::Failed(message)
+    })
+}
+
+/// Runs the export script, streaming the patch to the client through `op`
+/// chunk by chunk; returns its size.
+async fn stream_export(svc: &VmService, op: &Op, vm: &VmRecord, base: &str) -> R<u64> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let command = script_command(&[base]);
+    let stdin = Some(scripts::EXPORT.as_bytes().to_vec());
+    let run = svc.guest_exec_stream(vm, &command, stdin, tx, SCRIPT_DEADLINE);
+    let forward = async {
+        let mut sent = 0u64;
+        while let Some(chunk) = rx.recv().await {
+            if !op.data(&chunk).await {
+                return Err(VmError::Failed("the client left during the export".into()));
+            }
+            sent += chunk.len() as u64;
+        }
+        Ok(sent)
+    };
+    let (ended, sent) = tokio::join!(run, forward);
+    let (status, stderr) = ended?;
+    script_result(vm, status, &stderr)?;
+    sent
 }
 
 /// Attaches `drive` as `id` through the backend, off the async workers.
@@ -156,6 +187,21 @@ impl VmService {
         }
         let backend = self.backend_of(vm)?;
         let control = l.vm_control_socket(&vm.name);
+        if let Some((uid, gid)) = self.vmm_identity(vm) {
+            // The unprivileged VMM opens the drive itself when it attaches it.
+            let packed: Vec<_> = [&image, &tar_path]
+                .into_iter()
+                .filter(|p| p.exists())
+                .cloned()
+                .collect();
+            let provision = self.host.provision.clone();
+            let handed = blocking(move || provision.hand_over(&packed, uid, gid)).await;
+            if let Err(e) = handed {
+                let _ = std::fs::remove_file(&tar_path);
+                let _ = std::fs::remove_file(&image);
+                return Err(e.into());
+            }
+        }
         match req.mode {
             Mode::Overlay => {
                 op.phase("attach", "attaching the workspace image", 50);
@@ -239,14 +285,15 @@ impl VmService {
         }
     }
 
-    /// The patch (raw bytes) of the guest's work.
+    /// Streams the patch of the guest's work to the client (through the
+    /// operation's events), chunk by chunk; returns its size in bytes.
     pub async fn workspace_export(
         self: &Arc<Self>,
         caller: Caller,
         name: &str,
         base: Option<&str>,
         sink: Option<Sink>,
-    ) -> R<Vec<u8>> {
+    ) -> R<u64> {
         banger_api::validate_vm_name(name)?;
         if let Some(b) = base {
             if b.len() < 4 || b.len() > 64 || !b.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -258,7 +305,7 @@ impl VmService {
         self.refresh_all().await;
         self.run_op(EXPORT, caller, name, sink, async |op, vm| {
             op.phase("diff", "computing the patch in the guest", 20);
-            guest_script(self, &vm, scripts::EXPORT, &[base.unwrap_or("")]).await
+            stream_export(self, op, &vm, base.unwrap_or("")).await
         })
         .await
     }

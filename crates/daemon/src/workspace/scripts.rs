@@ -84,7 +84,8 @@ sync
 pub const EXPORT: &str = r#"set -eu
 cd "${BANGER_REPO:-/root/repo}"
 tmp=$(mktemp)
-trap 'rm -f "$tmp"' EXIT
+patch=$(mktemp)
+trap 'rm -f "$tmp" "$patch"' EXIT
 if [ -f .git/index ]; then cp .git/index "$tmp"; else rm -f "$tmp"; fi
 export GIT_INDEX_FILE="$tmp"
 # The index came from another machine: compare files by size and mtime
@@ -102,7 +103,9 @@ else
     base=$($git hash-object -t tree /dev/null)
 fi
 $git add --all .
-$git diff --cached --binary --full-index -M "$base"
+# The whole patch first, then out: a git that fails sends nothing.
+$git diff --cached --binary --full-index -M "$base" > "$patch"
+cat "$patch"
 "#;
 
 #[cfg(test)]

@@ -30,22 +30,12 @@ impl Bed {
     pub fn new() -> Bed {
         let dir = tempfile::tempdir().expect("tempdir");
         let layout = Layout::new(dir.path().join("state"), dir.path().join("run"), None);
-        let image = layout.image(crate::image::DEFAULT_IMAGE);
-        std::fs::create_dir_all(&image.dir).expect("image dir");
-        for f in [image.kernel(), image.initrd(), image.rootfs()] {
-            std::fs::write(f, "fake").expect("image file");
-        }
-        let manifest = crate::image::Manifest {
-            name: "default".into(),
-            kernel: "fake".into(),
-            suite: "bookworm".into(),
-            built_at: 1,
-        };
-        std::fs::write(
-            image.manifest(),
-            serde_json::to_string(&manifest).expect("json"),
+        crate::image::catalog::install(
+            &layout,
+            crate::image::DEFAULT_IMAGE,
+            crate::image::catalog::fake_build("v1"),
         )
-        .expect("manifest");
+        .expect("fake image");
         std::fs::create_dir_all(layout.ssh_dir()).expect("ssh dir");
         std::fs::write(
             crate::guest::ssh::pub_path(&layout.client_key()),
@@ -68,6 +58,7 @@ impl Bed {
                 build_netns: None,
                 dns_port: 0,
                 socket_group: "banger".into(),
+                vmm_uid_base: 2_000_000_000,
             },
             repo,
         }

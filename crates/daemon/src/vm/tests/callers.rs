@@ -76,7 +76,7 @@ async fn images_are_roots_to_change() {
     let e = svc.image_rm(ALICE, "default").expect_err("refused");
     assert_eq!(code(e), ErrorCode::Forbidden);
     assert_eq!(
-        svc.image_list().expect("list").len(),
+        svc.image_list(Caller::ROOT).expect("list").len(),
         1,
         "the image is still there"
     );

@@ -276,6 +276,44 @@ async fn a_vmm_that_lives_but_does_not_answer_is_not_re_adopted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_vmm_runs_as_its_own_uid_owning_only_its_files() {
+    let bed = Arc::new(Bed::new());
+    let svc = bed.daemon();
+    run_step(&svc, bed.repo.clone(), Step::Create { nat: false })
+        .await
+        .expect("create");
+    let vm = svc.record(VM).expect("vm");
+    let uid = bed.cfg.vmm_uid_base + vm.slot;
+    assert_eq!(
+        bed.world.vmm_uid(VM),
+        Some(Some(uid)),
+        "the VMM runs as root"
+    );
+    let l = &bed.cfg.layout;
+    for path in [
+        l.vm_disk(VM, vm.disk),
+        l.vm_config_drive(VM),
+        l.vm_console_log(VM),
+        l.vm_run_dir(VM),
+    ] {
+        assert_eq!(bed.world.owner_of(&path), Some(uid), "{}", path.display());
+    }
+    assert_eq!(
+        bed.world.owner_of(&l.vm_host_key(VM)),
+        None,
+        "the host key stays root's"
+    );
+    run_step(
+        &svc,
+        bed.repo.clone(),
+        Step::Prepare(crate::workspace::Mode::Overlay),
+    )
+    .await
+    .expect("prepare");
+    assert_eq!(bed.world.owner_of(&l.vm_workspace_image(VM)), Some(uid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_re_adopts_a_running_vm() {
     let bed = Arc::new(Bed::new());
     run_step(&bed.daemon(), bed.repo.clone(), Step::Create { nat: true })

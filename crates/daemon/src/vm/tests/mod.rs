@@ -1,8 +1,9 @@
 //! The daemon's core on the fake host (`host::fake`), without VMs or
-//! privilege: the fault-injection suite, a guest that never answers, and
-//! who may see which VM.
+//! privilege: the fault-injection suite, a guest that never answers, who
+//! may see which VM, and image versions.
 
 mod bed;
 mod callers;
 mod faults;
+mod images;
 mod wedge;

@@ -18,7 +18,7 @@ async fn stuck_export(
     bed: &Arc<Bed>,
 ) -> (
     Arc<VmService>,
-    tokio::task::JoinHandle<Result<Vec<u8>, VmError>>,
+    tokio::task::JoinHandle<Result<u64, VmError>>,
 ) {
     let svc = bed.daemon();
     run_step(&svc, bed.repo.clone(), Step::Create { nat: false })
@@ -135,4 +135,42 @@ async fn every_guest_call_has_a_deadline() {
         "{msg}"
     );
     assert_eq!(bed.world.guest_running(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_streams_its_patch_in_chunks_then_says_how_big() {
+    let bed = Arc::new(Bed::new());
+    let svc = bed.daemon();
+    run_step(&svc, bed.repo.clone(), Step::Create { nat: false })
+        .await
+        .expect("create");
+    run_step(
+        &svc,
+        bed.repo.clone(),
+        Step::Prepare(crate::workspace::Mode::FullCopy),
+    )
+    .await
+    .expect("prepare");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(crate::opstate::SINK_DEPTH);
+    let export = {
+        let svc = svc.clone();
+        tokio::spawn(async move { svc.workspace_export(Caller::ROOT, VM, None, Some(tx)).await })
+    };
+    let mut patch = Vec::new();
+    let mut chunks = 0;
+    while let Some(event) = rx.recv().await {
+        if let banger_api::Event::Data(chunk) = event {
+            use base64::Engine;
+            patch.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(chunk)
+                    .expect("base64"),
+            );
+            chunks += 1;
+        }
+    }
+    let bytes = export.await.expect("task").expect("export");
+    assert_eq!(patch, b"diff --git a/x b/x\n");
+    assert_eq!(bytes, patch.len() as u64);
+    assert!(chunks > 1, "the patch came whole, not streamed");
 }
