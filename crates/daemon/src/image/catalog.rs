@@ -19,6 +19,8 @@
 //! [`LEGACY_IMAGE_VERSION`].
 
 use std::collections::HashSet;
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::pathio::FromPathIo;
@@ -123,7 +125,10 @@ pub fn install(
     sweep(layout, name);
     let version = versions(layout, name).last().map_or(1, |v| v + 1);
     let staging = ImagePaths::new(layout.image_staging(name, version));
-    std::fs::create_dir(&staging.dir).map_err(|e| ImageError::io(&staging.dir, e))?;
+    std::fs::create_dir(&staging.dir)
+        // Readable by every VMM's uid, whatever the daemon's umask.
+        .and_then(|()| std::fs::set_permissions(&staging.dir, Permissions::from_mode(0o755)))
+        .map_err(|e| ImageError::io(&staging.dir, e))?;
     let made = populate(&staging).and_then(|()| {
         if !staging.exists() {
             return Err(ImageError::Invalid(
