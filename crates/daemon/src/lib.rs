@@ -183,6 +183,8 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let l = &cfg.layout;
     layout::ensure_dir(&l.state_dir, 0o711).map_err(|e| io_err("creating", &l.state_dir, e))?;
+    layout::ensure_dir(&l.run_dir.join("vms"), 0o711)
+        .map_err(|e| io_err("creating", &l.run_dir, e))?;
     layout::ensure_dir(&l.state_dir.join("vms"), 0o711)
         .map_err(|e| io_err("creating", &l.state_dir, e))?;
     guest::ssh::ensure_client_key(l)?;

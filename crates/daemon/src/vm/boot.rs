@@ -174,7 +174,7 @@ impl VmService {
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
-        let mut paths = vec![run_dir, spec.stderr_log.clone(), console];
+        let mut paths = vec![run_dir, console];
         paths.extend(spec.drives.iter().map(|d| d.path.clone()));
         let provision = self.host.provision.clone();
         blocking(move || provision.hand_over(&paths, uid, gid))

@@ -8,6 +8,7 @@ pub mod accel;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod tap;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -111,8 +111,10 @@ impl Qemu {
         }
         // A PCIe slot for drives attached later (workspaces).
         push_dev(&mut a, "pcie-root-port,id=hotplug0,bus=pcie.0,chassis=1");
+        // The daemon opens the tap and hands QEMU the descriptor: QEMU
+        // needs no access to /dev/net/tun (root's alone on some hosts).
         a.push("-netdev".into());
-        a.push(format!("tap,id=net0,ifname={},script=no,downscript=no", spec.tap).into());
+        a.push(format!("tap,id=net0,fd={TAP_FD}").into());
         a.push("-device".into());
         a.push(format!("virtio-net-pci,netdev=net0,mac={}", spec.mac).into());
         a.push("-chardev".into());
@@ -203,6 +205,9 @@ fn kvm_group() -> Option<u32> {
     std::fs::metadata("/dev/kvm").ok().map(|m| m.gid())
 }
 
+/// The descriptor number QEMU finds the VM's tap at.
+const TAP_FD: i32 = 3;
+
 /// QEMU's seccomp sandbox, as tight as it goes.
 const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
@@ -289,15 +294,24 @@ impl Vmm for Qemu {
             what: format!("creating {}", spec.stderr_log.display()),
             source,
         })?;
+        let tap = super::tap::open(&spec.tap).map_err(|source| VmmError::Io {
+            what: format!("opening tap {}", spec.tap),
+            source,
+        })?;
+        let tap_fd = std::os::fd::AsRawFd::as_raw_fd(&tap);
         let mut command = self.command(spec);
         command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(stderr);
-        // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+        // SAFETY: setsid and dup2 are async-signal-safe; `tap_fd` stays open
+        // in the parent until spawn returns. dup2 clears close-on-exec.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
                 libc::setsid();
+                if libc::dup2(tap_fd, TAP_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
@@ -420,7 +434,7 @@ mod tests {
         assert!(line.contains("id=drive1,format=raw,readonly=on"));
         assert!(line.contains("drive=drive1,serial=banger-config"));
         assert!(line.contains("pcie-root-port,id=hotplug0"));
-        assert!(line.contains("ifname=banger-tap1"));
+        assert!(line.contains(&format!("tap,id=net0,fd={TAP_FD}")));
         assert!(line.contains("mac=02:62:67:00:00:01"));
         assert!(args.iter().any(|a| a.ends_with(" banger-vm=dev")));
         assert!(line.contains("-no-reboot"));
