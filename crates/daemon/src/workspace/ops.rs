@@ -79,7 +79,11 @@ fn script_result(vm: &VmRecord, status: std::process::ExitStatus, stderr: &[u8])
         .unwrap_or("")
         .trim_start_matches("banger: ")
         .to_string();
-    let message = format!("in {}: {last}", vm.name);
+    let message = if last.is_empty() {
+        format!("in {}: the step in the guest failed ({status}) and said nothing", vm.name)
+    } else {
+        format!("in {}: {last}", vm.name)
+    };
     Err(if status.code() == Some(3) {
         VmError::InvalidArgument(message)
     } else {
