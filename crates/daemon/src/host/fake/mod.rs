@@ -11,20 +11,21 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use super::{BoxFuture, GuestLink, Host, Net, Provision};
+
+mod iptables;
+mod vmm;
+
 use crate::cmd::CmdError;
 use crate::disk::{CowDisk, DiskError, Strategy};
 use crate::guest::configdrive::Identity;
 use crate::guest::GuestError;
-use crate::hostnat::Iptables;
 use crate::hostnet::{NetError, Subnet};
 use crate::pathio::FromPathIo;
-use crate::vmm::{
-    BootDrives, Capabilities, DiskFormat, Drive, KernelFormat, LaunchSpec, RuntimeHandle, Vmm,
-    VmmError,
-};
+use crate::vmm::DiskFormat;
+pub use iptables::FakeIptables;
+pub use vmm::FakeVmm;
 
 /// The panic payload of a simulated daemon crash.
 #[derive(Debug)]
@@ -197,7 +198,7 @@ impl World {
     }
 }
 
-fn failed(message: String) -> CmdError {
+pub(super) fn failed(message: String) -> CmdError {
     CmdError::Failed {
         command: "fake".into(),
         status: "exit status: 1".into(),
@@ -227,90 +228,6 @@ impl Net for FakeNet {
         self.0.hit("net.list_taps").map_err(failed)?;
         Ok(self.0.taps().into_iter().collect())
     }
-}
-
-/// iptables with the rules in memory, answering `-C`, `-A`, `-I`, `-D` and
-/// `-S` as the real one does. Checks (`-C`) are never fault points: only
-/// changes and listings are.
-#[derive(Clone, Default)]
-pub struct FakeIptables(pub World);
-
-impl FakeIptables {
-    fn render(args: &[String]) -> String {
-        args.iter()
-            .map(|a| {
-                if a.contains(' ') || a.contains(':') {
-                    format!("\"{a}\"")
-                } else {
-                    a.clone()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    /// How many rules contain `needle`.
-    pub fn count(&self, needle: &str) -> usize {
-        self.0
-            .rules()
-            .iter()
-            .filter(|(_, r)| r.contains(needle))
-            .count()
-    }
-
-    pub fn push_rule(&self, table: &str, line: &str) {
-        self.0
-            .state()
-            .rules
-            .push((table.to_string(), line.to_string()));
-    }
-}
-
-impl Iptables for FakeIptables {
-    fn run(&self, args: &[String]) -> Result<String, CmdError> {
-        let table = args[1].clone();
-        let verb = args[2].as_str();
-        let chain = args[3].clone();
-        if verb != "-C" {
-            self.0
-                .hit(&format!("nat.iptables {verb}"))
-                .map_err(failed)?;
-        }
-        let line = format!("-A {chain} {}", Self::render(&args[4..]));
-        let mut st = self.0.state();
-        let pos = st.rules.iter().position(|(t, r)| *t == table && *r == line);
-        let bad = || failed("Bad rule (does a matching rule exist in that chain?)".into());
-        match verb {
-            "-C" => pos.map(|_| String::new()).ok_or_else(bad),
-            "-A" => {
-                st.rules.push((table, line));
-                Ok(String::new())
-            }
-            "-I" => {
-                st.rules.insert(0, (table, line));
-                Ok(String::new())
-            }
-            "-D" => {
-                st.rules.remove(pos.ok_or_else(bad)?);
-                Ok(String::new())
-            }
-            "-N" => Ok(String::new()),
-            "-F" => {
-                st.rules
-                    .retain(|(t, r)| !(*t == table && r.starts_with(&format!("-A {chain} "))));
-                Ok(String::new())
-            }
-            "-S" => Ok(st
-                .rules
-                .iter()
-                .filter(|(t, r)| *t == table && r.starts_with(&format!("-A {chain} ")))
-                .map(|(_, r)| format!("{r}\n"))
-                .collect()),
-            _ => Err(bad()),
-        }
-    }
-
-    fn enable_forwarding(&self) {}
 }
 
 struct FakeProvision(World);
@@ -447,115 +364,5 @@ impl CowDisk for FakeDisk {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DiskError::io(dest, e)),
             _ => Ok(()),
         }
-    }
-}
-
-/// A VMM whose processes live in the world; the guest shuts down at once
-/// when asked.
-pub struct FakeVmm(pub World);
-
-impl FakeVmm {
-    fn control_err(point: &str, e: String) -> VmmError {
-        VmmError::Control(format!("{point}: {e}"))
-    }
-}
-
-impl Vmm for FakeVmm {
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            hotplug_drives: true,
-            disk_formats: &[DiskFormat::Raw],
-            kernel: KernelFormat::BzImage,
-            needs_kvm: false,
-            snapshots: false,
-        }
-    }
-    fn kernel_cmdline(&self, name: &str) -> String {
-        format!("fake {name}")
-    }
-    fn drive_plan(&self, drives: BootDrives) -> Vec<Drive> {
-        let mut plan = vec![drives.root, drives.config];
-        plan.extend(drives.workspace);
-        plan
-    }
-    fn stop_timeout(&self) -> Duration {
-        Duration::from_secs(2)
-    }
-    fn launch(&self, spec: &LaunchSpec) -> Result<RuntimeHandle, VmmError> {
-        self.0.hit("vmm.launch").map_err(VmmError::Launch)?;
-        let mut st = self.0.state();
-        let pid = 1000 + st.procs.len() as u32;
-        let handle = RuntimeHandle {
-            pid,
-            start_time: u64::from(pid) * 7,
-        };
-        st.procs.insert(
-            pid,
-            FakeProc {
-                name: spec.name.clone(),
-                start_time: handle.start_time,
-                alive: true,
-                control: spec.control_socket.clone(),
-                drives: spec.drives.iter().map(|d| d.serial.clone()).collect(),
-                kernel: spec.kernel.clone(),
-            },
-        );
-        st.vmm_uids.insert(pid, spec.run_as.map(|(uid, _)| uid));
-        Ok(handle)
-    }
-    fn is_alive(&self, handle: &RuntimeHandle, name: &str) -> bool {
-        self.0
-            .state()
-            .procs
-            .get(&handle.pid)
-            .is_some_and(|p| p.alive && p.name == name && p.start_time == handle.start_time)
-    }
-    fn responds(&self, control_socket: &Path) -> bool {
-        !self.0.state().wedged.contains(control_socket)
-    }
-    fn signal(&self, handle: &RuntimeHandle, _signal: i32) -> Result<(), VmmError> {
-        self.0
-            .hit("vmm.signal")
-            .map_err(|e| Self::control_err("signal", e))?;
-        if let Some(p) = self.0.state().procs.get_mut(&handle.pid) {
-            p.alive = false;
-        }
-        Ok(())
-    }
-    fn request_shutdown(&self, control_socket: &Path) -> Result<(), VmmError> {
-        self.0
-            .hit("vmm.request_shutdown")
-            .map_err(|e| Self::control_err("shutdown", e))?;
-        for p in self.0.state().procs.values_mut() {
-            if p.alive && p.control == control_socket {
-                p.alive = false;
-            }
-        }
-        Ok(())
-    }
-    fn attach_drive(&self, control: &Path, id: &str, _drive: &Drive) -> Result<(), VmmError> {
-        self.0
-            .hit("vmm.attach_drive")
-            .map_err(|e| Self::control_err("attach", e))?;
-        for p in self.0.state().procs.values_mut() {
-            if p.alive && p.control == control {
-                p.drives.insert(id.to_string());
-            }
-        }
-        Ok(())
-    }
-    fn detach_drive(&self, control: &Path, id: &str) -> Result<(), VmmError> {
-        self.0
-            .hit("vmm.detach_drive")
-            .map_err(|e| Self::control_err("detach", e))?;
-        for p in self.0.state().procs.values_mut() {
-            if p.control == control {
-                p.drives.remove(id);
-            }
-        }
-        Ok(())
     }
 }

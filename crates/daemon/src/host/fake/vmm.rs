@@ -1,0 +1,120 @@
+//! The fake VMM: processes that live in the world.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{FakeProc, World};
+use crate::vmm::{
+    BootDrives, Capabilities, DiskFormat, Drive, KernelFormat, LaunchSpec, RuntimeHandle, Vmm,
+    VmmError,
+};
+
+/// A VMM whose processes live in the world; the guest shuts down at once
+/// when asked.
+pub struct FakeVmm(pub World);
+
+impl FakeVmm {
+    fn control_err(point: &str, e: String) -> VmmError {
+        VmmError::Control(format!("{point}: {e}"))
+    }
+}
+
+impl Vmm for FakeVmm {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            hotplug_drives: true,
+            disk_formats: &[DiskFormat::Raw],
+            kernel: KernelFormat::BzImage,
+            needs_kvm: false,
+            snapshots: false,
+        }
+    }
+    fn kernel_cmdline(&self, name: &str) -> String {
+        format!("fake {name}")
+    }
+    fn drive_plan(&self, drives: BootDrives) -> Vec<Drive> {
+        let mut plan = vec![drives.root, drives.config];
+        plan.extend(drives.workspace);
+        plan
+    }
+    fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    fn launch(&self, spec: &LaunchSpec) -> Result<RuntimeHandle, VmmError> {
+        self.0.hit("vmm.launch").map_err(VmmError::Launch)?;
+        let mut st = self.0.state();
+        let pid = 1000 + st.procs.len() as u32;
+        let handle = RuntimeHandle {
+            pid,
+            start_time: u64::from(pid) * 7,
+        };
+        st.procs.insert(
+            pid,
+            FakeProc {
+                name: spec.name.clone(),
+                start_time: handle.start_time,
+                alive: true,
+                control: spec.control_socket.clone(),
+                drives: spec.drives.iter().map(|d| d.serial.clone()).collect(),
+                kernel: spec.kernel.clone(),
+            },
+        );
+        st.vmm_uids.insert(pid, spec.run_as.map(|(uid, _)| uid));
+        Ok(handle)
+    }
+    fn is_alive(&self, handle: &RuntimeHandle, name: &str) -> bool {
+        self.0
+            .state()
+            .procs
+            .get(&handle.pid)
+            .is_some_and(|p| p.alive && p.name == name && p.start_time == handle.start_time)
+    }
+    fn responds(&self, control_socket: &Path) -> bool {
+        !self.0.state().wedged.contains(control_socket)
+    }
+    fn signal(&self, handle: &RuntimeHandle, _signal: i32) -> Result<(), VmmError> {
+        self.0
+            .hit("vmm.signal")
+            .map_err(|e| Self::control_err("signal", e))?;
+        if let Some(p) = self.0.state().procs.get_mut(&handle.pid) {
+            p.alive = false;
+        }
+        Ok(())
+    }
+    fn request_shutdown(&self, control_socket: &Path) -> Result<(), VmmError> {
+        self.0
+            .hit("vmm.request_shutdown")
+            .map_err(|e| Self::control_err("shutdown", e))?;
+        for p in self.0.state().procs.values_mut() {
+            if p.alive && p.control == control_socket {
+                p.alive = false;
+            }
+        }
+        Ok(())
+    }
+    fn attach_drive(&self, control: &Path, id: &str, _drive: &Drive) -> Result<(), VmmError> {
+        self.0
+            .hit("vmm.attach_drive")
+            .map_err(|e| Self::control_err("attach", e))?;
+        for p in self.0.state().procs.values_mut() {
+            if p.alive && p.control == control {
+                p.drives.insert(id.to_string());
+            }
+        }
+        Ok(())
+    }
+    fn detach_drive(&self, control: &Path, id: &str) -> Result<(), VmmError> {
+        self.0
+            .hit("vmm.detach_drive")
+            .map_err(|e| Self::control_err("detach", e))?;
+        for p in self.0.state().procs.values_mut() {
+            if p.control == control {
+                p.drives.remove(id);
+            }
+        }
+        Ok(())
+    }
+}
