@@ -12,96 +12,21 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use banger_api::{client, ApiError, ErrorCode, Event, Request};
-use bangerd::layout::Layout;
 use bangerd::server::{Limits, MAX_REQUEST};
-use bangerd::vmm::accel::AccelChoice;
-use bangerd::Config;
 
 mod common;
 
-struct Daemon {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _ns: Option<common::NetNs>,
+use common::daemon::Daemon;
+
+fn ping(d: &Daemon) -> Result<serde_json::Value, ApiError> {
+    d.call(Request::Ping)
 }
 
-impl Daemon {
-    fn start(limits: Limits) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = Config {
-            layout: Layout::new(dir.path().join("state"), dir.path().join("run"), None),
-            bridge: "banger-test0".into(),
-            subnet: "10.77.0.0/24".parse().unwrap(),
-            vmm: "qemu".parse().unwrap(),
-            accel: AccelChoice::Tcg,
-            boot_timeout: Duration::from_secs(5),
-            build_netns: None,
-            dns_port: 0,
-            socket_group: "banger".into(),
-            vmm_uid_base: 2_000_000_000,
-        };
-        let socket = cfg.layout.socket();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let ns = common::is_root().then(|| common::NetNs::create("limits"));
-        let ns_name = ns.as_ref().map(|n| n.name.clone());
-        let thread = std::thread::spawn(move || {
-            if let Some(name) = ns_name {
-                let handle = common::NetNs { name };
-                handle.enter();
-                std::mem::forget(handle); // the outer value removes it
-            }
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let listener = bangerd::bind(&cfg).unwrap();
-                ready_tx.send(()).unwrap();
-                let run = bangerd::run(listener, cfg, async {
-                    let _ = rx.await;
-                });
-                bangerd::server::with_limits(limits, run).await.unwrap();
-            });
-        });
-        ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        let d = Daemon {
-            _dir: dir,
-            socket,
-            stop: Some(tx),
-            thread: Some(thread),
-            _ns: ns,
-        };
-        // `run` prepares keys before serving; wait for the first answer.
-        for _ in 0..500 {
-            if d.ping().is_ok() {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("daemon did not answer");
-    }
-
-    fn ping(&self) -> Result<serde_json::Value, ApiError> {
-        client::call(&self.socket, &Request::Ping, |_| {})
-    }
-
-    /// A raw connection that gives up reading after `timeout`.
-    fn connect(&self, timeout: Duration) -> UnixStream {
-        let s = UnixStream::connect(&self.socket).unwrap();
-        s.set_read_timeout(Some(timeout)).unwrap();
-        s
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// A raw connection that gives up reading after `timeout`.
+fn connect(d: &Daemon, timeout: Duration) -> UnixStream {
+    let s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s
 }
 
 /// Reads the one line the daemon answers and checks that it then closes
@@ -144,10 +69,10 @@ fn production_limits_are_the_documented_ones() {
 #[test]
 fn an_idle_or_incomplete_request_is_closed_after_the_deadline_with_an_error() {
     let deadline = Duration::from_millis(500);
-    let d = Daemon::start(limits(deadline, 8));
+    let d = Daemon::start_with("limits", limits(deadline, 8));
 
     let t0 = Instant::now();
-    let idle = d.connect(Duration::from_secs(10));
+    let idle = connect(&d, Duration::from_secs(10));
     let e = only_error_line(idle);
     let waited = t0.elapsed();
     assert_eq!(e.code, ErrorCode::InvalidArgument);
@@ -166,7 +91,7 @@ fn an_idle_or_incomplete_request_is_closed_after_the_deadline_with_an_error() {
     );
 
     // Half a request, then silence: the same.
-    let mut partial = d.connect(Duration::from_secs(10));
+    let mut partial = connect(&d, Duration::from_secs(10));
     partial.write_all(b"{\"op\":\"vm_li").unwrap();
     let e = only_error_line(partial);
     assert_eq!(e.code, ErrorCode::InvalidArgument);
@@ -174,13 +99,13 @@ fn an_idle_or_incomplete_request_is_closed_after_the_deadline_with_an_error() {
 
     // The deadline is for the request only: a request sent in time is
     // answered, however long the connection then stays open.
-    let mut slow = d.connect(Duration::from_secs(10));
+    let mut slow = connect(&d, Duration::from_secs(10));
     std::thread::sleep(deadline / 2);
     slow.write_all(b"{\"op\":\"ping\"}\n").unwrap();
     let mut line = String::new();
     BufReader::new(slow).read_line(&mut line).unwrap();
     assert!(line.starts_with("{\"ok\""), "{line}");
-    d.ping().unwrap();
+    ping(&d).unwrap();
 }
 
 /// Opens `n` idle connections the daemon admitted. One refused (a `busy`
@@ -189,7 +114,7 @@ fn an_idle_or_incomplete_request_is_closed_after_the_deadline_with_an_error() {
 fn hold(d: &Daemon, n: usize, mut tries: u32) -> Vec<UnixStream> {
     let mut held: Vec<UnixStream> = Vec::new();
     while held.len() < n {
-        held.extend((held.len()..n).map(|_| d.connect(Duration::from_secs(10))));
+        held.extend((held.len()..n).map(|_| connect(&d, Duration::from_secs(10))));
         // A refusal is written as the connection is accepted.
         std::thread::sleep(Duration::from_millis(300));
         held.retain(|s| {
@@ -214,12 +139,12 @@ fn hold(d: &Daemon, n: usize, mut tries: u32) -> Vec<UnixStream> {
 #[test]
 fn connections_beyond_the_cap_are_told_busy_until_some_close() {
     let cap = 4;
-    let d = Daemon::start(limits(Duration::from_secs(60), cap));
+    let d = Daemon::start_with("limits", limits(Duration::from_secs(60), cap));
     let held = hold(&d, cap, 5);
 
     // Through the real client: a clear, immediate `busy`.
     let t0 = Instant::now();
-    let e = d.ping().unwrap_err();
+    let e = ping(&d).unwrap_err();
     assert_eq!(e.code, ErrorCode::Busy, "{e:?}");
     assert!(
         e.message.contains(&format!("serving {cap} connections"))
@@ -235,7 +160,7 @@ fn connections_beyond_the_cap_are_told_busy_until_some_close() {
 
     // A raw connection that sends nothing gets the line at once, too.
     let t0 = Instant::now();
-    let e = only_error_line(d.connect(Duration::from_secs(5)));
+    let e = only_error_line(connect(&d, Duration::from_secs(5)));
     assert_eq!(e.code, ErrorCode::Busy);
     assert!(
         t0.elapsed() < Duration::from_secs(2),
@@ -247,7 +172,7 @@ fn connections_beyond_the_cap_are_told_busy_until_some_close() {
     drop(held);
     let t0 = Instant::now();
     loop {
-        match d.ping() {
+        match ping(&d) {
             Ok(_) => break,
             Err(e) if t0.elapsed() < Duration::from_secs(5) => {
                 assert_eq!(e.code, ErrorCode::Busy, "{e:?}");
@@ -258,15 +183,15 @@ fn connections_beyond_the_cap_are_told_busy_until_some_close() {
     }
     // And every slot came back: `cap` fit at once again, and no more.
     let held = hold(&d, cap, 5);
-    assert_eq!(d.ping().unwrap_err().code, ErrorCode::Busy);
+    assert_eq!(ping(&d).unwrap_err().code, ErrorCode::Busy);
     drop(held);
 }
 
 #[test]
 fn a_request_that_is_not_utf8_or_not_json_gets_an_error_line() {
-    let d = Daemon::start(Limits::default());
+    let d = Daemon::start_with("limits", Limits::default());
 
-    let mut s = d.connect(Duration::from_secs(10));
+    let mut s = connect(&d, Duration::from_secs(10));
     s.write_all(b"{\"op\":\"vm_show\",\"name\":\"\xff\xfe\"}\n")
         .unwrap();
     let e = only_error_line(s);
@@ -274,20 +199,20 @@ fn a_request_that_is_not_utf8_or_not_json_gets_an_error_line() {
     assert!(e.message.contains("not UTF-8"), "{}", e.message);
     assert!(e.message.contains("offset 24"), "{}", e.message);
 
-    let mut s = d.connect(Duration::from_secs(10));
+    let mut s = connect(&d, Duration::from_secs(10));
     s.write_all(b"ping\n").unwrap();
     let e = only_error_line(s);
     assert_eq!(e.code, ErrorCode::InvalidArgument);
     assert!(e.message.contains("malformed request"), "{}", e.message);
 
-    d.ping().unwrap();
+    ping(&d).unwrap();
 }
 
 #[test]
 fn a_request_line_over_the_limit_gets_an_error_line() {
-    let d = Daemon::start(Limits::default());
+    let d = Daemon::start_with("limits", Limits::default());
     let send = |body: Vec<u8>| {
-        let s = d.connect(Duration::from_secs(10));
+        let s = connect(&d, Duration::from_secs(10));
         let mut w = s.try_clone().unwrap();
         // The daemon may answer and close before taking it all.
         let writer = std::thread::spawn(move || {
@@ -324,7 +249,7 @@ fn a_request_line_over_the_limit_gets_an_error_line() {
         Event::Error(e) => assert!(e.message.contains("longer than"), "{}", e.message),
         other => panic!("expected an error, got {other:?}"),
     }
-    d.ping().unwrap();
+    ping(&d).unwrap();
 }
 
 /// Set in the child process of [`failed_accepts_do_not_spin`].
@@ -338,7 +263,7 @@ fn emfile_child() {
         return;
     }
     // No cap, no deadline to speak of: only the descriptors run out.
-    let d = Daemon::start(limits(Duration::from_secs(600), 10_000));
+    let d = Daemon::start_with("limits", limits(Duration::from_secs(600), 10_000));
     let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
     let mut saved = libc::rlimit {
         rlim_cur: 0,

@@ -181,13 +181,7 @@ impl VmService {
     ) -> R<std::process::Output> {
         match tokio::time::timeout(deadline, self.host.guest.exec(&vm.ip, command, stdin)).await {
             Ok(out) => Ok(out?),
-            Err(_) => Err(VmError::Failed(format!(
-                "{} did not finish `{}` within {}s; `banger vm kill {}` stops a stuck guest",
-                vm.name,
-                command.split_whitespace().next().unwrap_or(command),
-                deadline.as_secs(),
-                vm.name
-            ))),
+            Err(_) => Err(past_deadline(vm, command, deadline)),
         }
     }
 
@@ -204,13 +198,7 @@ impl VmService {
         let run = self.host.guest.exec_stream(&vm.ip, command, stdin, out);
         match tokio::time::timeout(deadline, run).await {
             Ok(end) => Ok(end?),
-            Err(_) => Err(VmError::Failed(format!(
-                "{} did not finish `{}` within {}s; `banger vm kill {}` stops a stuck guest",
-                vm.name,
-                command.split_whitespace().next().unwrap_or(command),
-                deadline.as_secs(),
-                vm.name
-            ))),
+            Err(_) => Err(past_deadline(vm, command, deadline)),
         }
     }
 
@@ -328,4 +316,15 @@ impl VmService {
         })
         .await
     }
+}
+
+/// A guest command that ran past its deadline (its `ssh` is killed).
+fn past_deadline(vm: &VmRecord, command: &str, deadline: Duration) -> VmError {
+    VmError::Failed(format!(
+        "{} did not finish `{}` within {}s; `banger vm kill {}` stops a stuck guest",
+        vm.name,
+        command.split_whitespace().next().unwrap_or(command),
+        deadline.as_secs(),
+        vm.name
+    ))
 }

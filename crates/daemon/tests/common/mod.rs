@@ -5,6 +5,8 @@
 
 use std::os::fd::AsRawFd;
 
+pub mod daemon;
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
