@@ -114,7 +114,7 @@ fn an_idle_or_incomplete_request_is_closed_after_the_deadline_with_an_error() {
 fn hold(d: &Daemon, n: usize, mut tries: u32) -> Vec<UnixStream> {
     let mut held: Vec<UnixStream> = Vec::new();
     while held.len() < n {
-        held.extend((held.len()..n).map(|_| connect(&d, Duration::from_secs(10))));
+        held.extend((held.len()..n).map(|_| connect(d, Duration::from_secs(10))));
         // A refusal is written as the connection is accepted.
         std::thread::sleep(Duration::from_millis(300));
         held.retain(|s| {
