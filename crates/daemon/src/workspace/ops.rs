@@ -80,7 +80,10 @@ fn script_result(vm: &VmRecord, status: std::process::ExitStatus, stderr: &[u8])
         .trim_start_matches("banger: ")
         .to_string();
     let message = if last.is_empty() {
-        format!("in {}: the step in the guest failed ({status}) and said nothing", vm.name)
+        format!(
+            "in {}: the step in the guest failed ({status}) and said nothing",
+            vm.name
+        )
     } else {
         format!("in {}: {last}", vm.name)
     };
