@@ -88,6 +88,9 @@ impl VmSpec {
 
 pub struct Env {
     pub ns: NetNs,
+    /// The socket's group, made for the suite (its members may use the
+    /// daemon: the trust scenarios add one).
+    pub group: String,
     pub banger: PathBuf,
     pub dir: PathBuf,
     pub state_dir: PathBuf,
@@ -147,8 +150,12 @@ impl Env {
         let image_dir = image_dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| dir.join("images"));
+        let group = format!("bgr-smoke-g{id}");
+        let _ = Command::new("groupdel").arg(&group).output();
+        crate::sh::quiet(&["groupadd", &group])?;
         let env = Env {
             ns,
+            group,
             banger: banger.to_path_buf(),
             state_dir: dir.join("state"),
             run_dir: dir.join("run"),
@@ -187,6 +194,7 @@ impl Env {
             .arg("--image-dir")
             .arg(&self.image_dir)
             .args(["--subnet", SUBNET, "--build-netns", &host_ns])
+            .args(["--socket-group", &self.group])
             .env("BANGER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -547,6 +555,7 @@ impl Env {
                     .status();
             }
         }
+        let _ = Command::new("groupdel").arg(&self.group).output();
         // A kept image directory (--keep-image) lives outside the work
         // directory, so the whole work directory goes.
         let _ = std::fs::remove_dir_all(&self.dir);

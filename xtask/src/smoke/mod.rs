@@ -30,7 +30,9 @@
 //! printed in one piece when it ends.
 
 mod env;
+mod leakcheck;
 mod scenarios;
+mod trust;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -120,6 +122,14 @@ impl Scenario {
 thread_local! {
     static NOTES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Run once more after every scenario, with nothing else running: each VM
+/// left must have exactly what its state allows, and nothing else may be.
+const FINAL_LEAK_CHECK: Scenario = Scenario::last("leak check at the end", |env| {
+    let leaks = leakcheck::check(env, true)?;
+    anyhow::ensure!(leaks.is_empty(), "leaked: {}", leaks.join("; "));
+    Ok(Outcome::Pass)
+});
 
 /// A line for the running scenario's report (printed under its result).
 pub fn note(line: impl Into<String>) {
@@ -410,6 +420,7 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
     for s in phase(When::Last) {
         run.one(s);
     }
+    run.one(&FINAL_LEAK_CHECK);
     let summary = run
         .summary
         .into_inner()
@@ -493,6 +504,12 @@ impl Run<'_> {
                     .unwrap_or_default();
                 bail!("panicked: {msg}")
             })
+        });
+        // Whatever the scenario did, nothing may be left that no VM owns.
+        let result = result.and_then(|outcome| match leakcheck::check(env, false) {
+            Ok(leaks) if leaks.is_empty() => Ok(outcome),
+            Ok(leaks) => bail!("leaked: {}", leaks.join("; ")),
+            Err(e) => Err(e.context("leak check")),
         });
         let secs = t.elapsed().as_secs_f64();
         let name = s.name;

@@ -8,7 +8,7 @@ use anyhow::{ensure, Context};
 use serde_json::Value;
 
 use super::env::VmSpec;
-use super::{note, Env, Outcome, Scenario};
+use super::{note, trust, Env, Outcome, Scenario};
 
 pub const ALL: &[Scenario] = &[
     Scenario::first("daemon up", daemon_up),
@@ -54,6 +54,26 @@ pub const ALL: &[Scenario] = &[
     Scenario::together("workspace prepare --mode full_copy", ws_full_copy).vms(&[&FC]),
     // Deletes every VM that is not running: others' VMs stop for a while.
     Scenario::last("vm prune -f keeps running VMs", prune).vms(&[&SHARED, &PRUNE_RO, &PRUNE_FC]),
+    Scenario::together("the VMM runs as its own uid, sandboxed", |env| {
+        trust::vmm_unprivileged(env, A)
+    })
+    .vms(&[&SHARED]),
+    Scenario::together("guests reach only DNS of the host, and each other", |env| {
+        trust::guests_reach_only_dns(env, A, FC.name)
+    })
+    .vms(&[&SHARED, &FC]),
+    Scenario::together("a group member uses their own VMs, and only those", |env| {
+        trust::group_member(env, A)
+    })
+    .vms(&[&SHARED])
+    .makes(&["smoke-member"])
+    .early(),
+    Scenario::together(
+        "a guest cannot hold the daemon: 100 MB export streams, kill wins over a hung one",
+        trust::guest_cannot_hold,
+    )
+    .makes(&["smoke-hog"])
+    .early(),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
 ];
@@ -116,7 +136,8 @@ fn daemon_up(env: &Env) -> anyhow::Result<Outcome> {
 }
 
 fn image_build(env: &Env) -> anyhow::Result<Outcome> {
-    if env.image_dir.join("default/manifest.json").exists() {
+    let kept = ["default/current/manifest.json", "default/manifest.json"];
+    if kept.iter().any(|m| env.image_dir.join(m).exists()) {
         return Ok(Outcome::Skip(format!(
             "--keep-image {} already holds the default image; build skipped to save time",
             env.image_dir.display()
@@ -134,9 +155,10 @@ fn image_build(env: &Env) -> anyhow::Result<Outcome> {
             .is_some_and(|k| k.contains("cloud-amd64")),
         "kernel: {img}"
     );
-    for f in ["vmlinuz", "initrd.img", "rootfs.ext4"] {
+    // Versioned: `default/current` names the version just built.
+    for f in ["vmlinuz", "initrd.img", "rootfs.ext4", "manifest.json"] {
         ensure!(
-            env.image_dir.join("default").join(f).exists(),
+            env.image_dir.join("default/current").join(f).exists(),
             "image lacks {f}"
         );
     }
