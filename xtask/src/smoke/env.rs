@@ -6,9 +6,10 @@
 //! makes its VM when it does not exist yet in the state it names, and
 //! leaves it alone when it does, so scenarios that only need "a running
 //! VM" share one when they run together and still work alone. VM boots
-//! (`vm create`, `vm start`, `vm restart`) take one of [`BOOT_SLOTS`]
-//! slots: guests boot under software emulation, and more boots at once
-//! than cores only slow every one of them down.
+//! (`vm create`, `vm start`, `vm restart`) take one of [`Env::boot_slots`]
+//! slots: guests boot under software emulation, and too many boots at once
+//! only slow every one of them down. A boot a scenario waits for goes
+//! before the boot of a VM made ahead ([`ahead`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,8 +25,28 @@ use crate::netns::NetNs;
 pub const SUBNET: &str = "172.30.0.0/24";
 pub const GATEWAY: &str = "172.30.0.1";
 
-/// VM boots that may run at once (the suite's machines have 2 cores).
-pub const BOOT_SLOTS: usize = 2;
+/// VM boots that may run at once: `BANGER_SMOKE_BOOTS`, or 2 (the suite's
+/// machines have 2 cores, and a guest uses about half a core as it boots).
+pub fn boot_slots() -> usize {
+    std::env::var("BANGER_SMOKE_BOOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2)
+}
+
+thread_local! {
+    static AHEAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` as the making of VMs ahead: its boots give way to those a
+/// scenario waits for.
+pub fn ahead<R>(f: impl FnOnce() -> R) -> R {
+    AHEAD.with(|a| a.set(true));
+    let r = f();
+    AHEAD.with(|a| a.set(false));
+    r
+}
 
 /// A VM as a scenario needs it. A scenario has the VMs it declares to
 /// itself while it runs, except a `shared` one: its users run at the same
@@ -105,31 +126,42 @@ pub struct Env {
     /// Host repos made so far, by VM.
     repos: Mutex<HashMap<String, Arc<Mutex<Option<String>>>>>,
     boots: Slots,
+    pub boot_slots: usize,
 }
 
-/// A counting semaphore.
+/// A counting semaphore whose urgent takers go first.
 struct Slots {
-    free: Mutex<usize>,
+    /// Free slots, and urgent takers waiting.
+    state: Mutex<(usize, usize)>,
     cv: Condvar,
 }
 
 struct Slot<'a>(&'a Slots);
 
 impl Slots {
-    fn take(&self) -> Slot<'_> {
-        let mut free = lock(&self.free);
-        while *free == 0 {
-            free = self.cv.wait(free).unwrap_or_else(PoisonError::into_inner);
+    fn new(n: usize) -> Slots {
+        Slots {
+            state: Mutex::new((n, 0)),
+            cv: Condvar::new(),
         }
-        *free -= 1;
+    }
+
+    fn take(&self, urgent: bool) -> Slot<'_> {
+        let mut st = lock(&self.state);
+        st.1 += usize::from(urgent);
+        while st.0 == 0 || (!urgent && st.1 > 0) {
+            st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st.1 -= usize::from(urgent);
+        st.0 -= 1;
         Slot(self)
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        *lock(&self.0.free) += 1;
-        self.0.cv.notify_one();
+        lock(&self.0.state).0 += 1;
+        self.0.cv.notify_all();
     }
 }
 
@@ -166,10 +198,8 @@ impl Env {
             vms: Mutex::new(Vec::new()),
             fixtures: Mutex::new(HashMap::new()),
             repos: Mutex::new(HashMap::new()),
-            boots: Slots {
-                free: Mutex::new(BOOT_SLOTS),
-                cv: Condvar::new(),
-            },
+            boots: Slots::new(boot_slots()),
+            boot_slots: boot_slots(),
         };
         env.start_daemon()?;
         Ok(env)
@@ -253,7 +283,8 @@ impl Env {
     /// its boot slot.
     fn timed(&self, args: &[&str]) -> anyhow::Result<(String, Duration)> {
         let boots = matches!(args, ["vm", "create" | "start" | "restart", ..]);
-        let slot = boots.then(|| self.boots.take());
+        let urgent = !AHEAD.with(std::cell::Cell::get);
+        let slot = boots.then(|| self.boots.take(urgent));
         let t = Instant::now();
         let out = self.banger(args);
         let took = t.elapsed();
@@ -602,15 +633,12 @@ mod tests {
 
     #[test]
     fn slots_bound_what_runs_at_once() {
-        let slots = Slots {
-            free: Mutex::new(2),
-            cv: Condvar::new(),
-        };
+        let slots = Slots::new(2);
         let most = Mutex::new((0usize, 0usize));
         std::thread::scope(|s| {
             for _ in 0..6 {
                 s.spawn(|| {
-                    let _slot = slots.take();
+                    let _slot = slots.take(false);
                     {
                         let mut m = lock(&most);
                         m.0 += 1;
@@ -622,6 +650,27 @@ mod tests {
             }
         });
         assert_eq!(lock(&most).1, 2);
-        assert_eq!(*lock(&slots.free), 2);
+        assert_eq!(*lock(&slots.state), (2, 0));
+    }
+
+    #[test]
+    fn urgent_takers_go_first() {
+        let slots = Slots::new(1);
+        let order = Mutex::new(Vec::new());
+        let held = slots.take(true);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _slot = slots.take(false);
+                lock(&order).push("ahead");
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            s.spawn(|| {
+                let _slot = slots.take(true);
+                lock(&order).push("urgent");
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        assert_eq!(*lock(&order), ["urgent", "ahead"]);
     }
 }

@@ -12,7 +12,7 @@
 //!    fresh daemon, the image build, bad input that must leave no VM).
 //! 2. [`When::Together`] scenarios, [`WORKERS`] at a time, while the VMs
 //!    they declare are made ahead in the order they will be wanted
-//!    ([`env::BOOT_SLOTS`] boots at a time). A scenario has its VMs to
+//!    ([`env::boot_slots`] boots at a time). A scenario has its VMs to
 //!    itself while it runs, except the shared one, which its users (who
 //!    only look at it) use at once. When a run has several scenarios for
 //!    one VM, they take it in the table's order where it matters: the
@@ -363,13 +363,13 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
             "--- {} scenarios, {WORKERS} at a time; making {} VMs ahead, {} booting at a time",
             together.len(),
             specs.len(),
-            env::BOOT_SLOTS
+            env.boot_slots
         );
     }
     let changed = Condvar::new();
     let wanted = Mutex::new(VecDeque::from(specs));
     std::thread::scope(|scope| {
-        for _ in 0..env::BOOT_SLOTS {
+        for _ in 0..env.boot_slots {
             scope.spawn(|| loop {
                 let Some(spec) = lock(&wanted).pop_front() else {
                     break;
@@ -384,7 +384,7 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
                 }
                 // A failure here is the scenario's to report: it asks the
                 // fixture again and gets the error.
-                match env.vm(spec) {
+                match env::ahead(|| env.vm(spec)) {
                     Ok(how) if how != "ready" => {
                         lock(&run.ahead).insert(spec.name, how);
                     }
