@@ -41,9 +41,11 @@ fn code_of(e: &VmError) -> ErrorCode {
         VmError::Host(HostError::Invalid(_)) => ErrorCode::InvalidArgument,
         VmError::Net(NetError::BadSubnet(_)) => ErrorCode::InvalidArgument,
         VmError::Vmm(VmmError::NotSupported { .. }) => ErrorCode::HostMissing,
-        VmError::Step { .. } | VmError::Failed(_) | VmError::Host(_) | VmError::Vmm(_) => {
-            ErrorCode::Internal
-        }
+        VmError::Step { .. }
+        | VmError::Net(NetError::Sysctl { .. })
+        | VmError::Failed(_)
+        | VmError::Host(_)
+        | VmError::Vmm(_) => ErrorCode::Internal,
     }
 }
 

@@ -138,3 +138,38 @@ async fn without_upstream_other_names_are_refused_and_dead_upstreams_servfail() 
         ResponseCode::ServFail
     );
 }
+
+#[tokio::test]
+async fn idle_tcp_clients_cannot_hold_the_server() {
+    let server = start(vec![]).await;
+    // More idle connections than the server serves at once.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(TcpStream::connect(server).await.unwrap());
+    }
+    // Each is closed once idle too long, and a real query then gets through.
+    let mut first = idle.remove(0);
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(15), first.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle connection was kept: {closed:?}"
+    );
+    let answered = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut s = TcpStream::connect(server).await.unwrap();
+        let q = query("dev.vm.");
+        s.write_u16(q.len() as u16).await.unwrap();
+        s.write_all(&q).await.unwrap();
+        s.read_u16().await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        answered.ok(),
+        Some(true),
+        "a query behind idle clients was not answered"
+    );
+    assert_eq!(
+        first_a(&ask_udp(server, "dev.vm.").await),
+        Some(Ipv4Addr::new(172, 30, 0, 2))
+    );
+}

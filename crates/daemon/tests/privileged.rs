@@ -34,6 +34,10 @@ fn bridge_and_taps_are_idempotent_and_listed() {
         let addrs =
             bangerd::cmd::run("ip", &["-o", "-4", "addr", "show", "dev", "banger-itbr"]).unwrap();
         assert_eq!(addrs.matches("10.99.0.1/24").count(), 1, "{addrs}");
+        // No IPv6 on the bridge: guests must not reach the host that way.
+        let v6 =
+            bangerd::cmd::run("ip", &["-o", "-6", "addr", "show", "dev", "banger-itbr"]).unwrap();
+        assert!(v6.trim().is_empty(), "the bridge has IPv6: {v6}");
         tap::ensure("banger-tap7", "banger-itbr", None).unwrap();
         tap::ensure("banger-tap7", "banger-itbr", None).unwrap();
         // Owned by a VMM's uid, it is made again for a new owner, then kept.

@@ -333,3 +333,45 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn no_set_id_bit_survives_a_pack_and_packs_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    std::fs::create_dir_all(&repo_dir).unwrap();
+    let run = |args: &[&str]| {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(&repo_dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    run(&["init", "-q"]);
+    std::fs::write(repo_dir.join("x"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(repo_dir.join("x"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    run(&["add", "x"]);
+    run(&["commit", "-q", "-m", "x"]);
+    let repo = pack::open(&repo_dir, Reader::daemon()).unwrap();
+    let list = pack::file_list(&repo, false).unwrap();
+    let tar = dir.path().join("w.tar");
+    pack::tar(&repo, &list, false, &tar).unwrap();
+    let listing = Command::new("tar").arg("-tvf").arg(&tar).output().unwrap();
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let x = text.lines().find(|l| l.ends_with(" x")).unwrap();
+    assert!(x.starts_with("-rwxr-xr-x"), "set-id bit kept: {x}");
+    let mode = std::fs::metadata(&tar).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the pack is readable by others");
+    if bangerd::cmd::which("mkfs.ext4").is_some() {
+        let img = dir.path().join("w.img");
+        pack::ext4_from_tar(&tar, 4, false, &img).unwrap();
+        assert_eq!(
+            std::fs::metadata(&img).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!dir.path().join("w.staging").exists());
+    }
+}

@@ -937,7 +937,7 @@ mod tests {
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
-    const NAMES: [&str; 22] = [
+    const NAMES: [&str; 26] = [
         "daemon up",
         "image build",
         "bad input is refused without side effects",
@@ -959,6 +959,10 @@ mod tests {
         "workspace prepare --readonly drops every write bit",
         "workspace prepare --mode full_copy",
         "vm prune -f keeps running VMs",
+        "the VMM runs as its own uid, sandboxed",
+        "guests reach only DNS of the host, and each other",
+        "a group member uses their own VMs, and only those",
+        "a guest cannot hold the daemon: 100 MB export streams, kill wins over a hung one",
         "vm delete leaves nothing behind",
     ];
 

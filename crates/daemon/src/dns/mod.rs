@@ -16,6 +16,14 @@ use tokio::net::{TcpListener, UdpSocket};
 
 pub use answer::{Decision, Lookup};
 
+/// TCP connections served at once; more wait in the kernel's backlog.
+const MAX_TCP: usize = 32;
+/// Queries in flight at once (answers and forwards); more are dropped, as
+/// a busy resolver drops them, and the client retries.
+const MAX_IN_FLIGHT: usize = 128;
+/// How long a TCP client may take to send a query, or sit idle between two.
+const TCP_IDLE: Duration = Duration::from_secs(5);
+
 /// Looks VM names up (the store, in the daemon).
 pub type Resolver = Arc<dyn Fn(&str) -> Option<Ipv4Addr> + Send + Sync>;
 
@@ -37,14 +45,21 @@ pub async fn serve(
 }
 
 async fn serve_udp(sock: Arc<UdpSocket>, resolve: Resolver, upstreams: Arc<Vec<SocketAddr>>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+            // Out of descriptors or memory: do not spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
+        };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            continue; // too many at once: dropped, the client retries
         };
         let query = buf[..n].to_vec();
         let (sock, resolve, upstreams) = (sock.clone(), resolve.clone(), upstreams.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             if let Some(reply) = respond(&query, &resolve, &upstreams).await {
                 let _ = sock.send_to(&reply, peer).await;
             }
@@ -53,18 +68,26 @@ async fn serve_udp(sock: Arc<UdpSocket>, resolve: Resolver, upstreams: Arc<Vec<S
 }
 
 async fn serve_tcp(listener: TcpListener, resolve: Resolver, upstreams: Arc<Vec<SocketAddr>>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP));
     loop {
+        // A slot first: beyond MAX_TCP, clients wait in the backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let (resolve, upstreams) = (resolve.clone(), upstreams.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
-                let Ok(len) = stream.read_u16().await else {
+                let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else {
                     return;
                 };
                 let mut query = vec![0u8; usize::from(len)];
-                if stream.read_exact(&mut query).await.is_err() {
+                let read = tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await;
+                if !matches!(read, Ok(Ok(_))) {
                     return;
                 }
                 let Some(reply) = respond(&query, &resolve, &upstreams).await else {

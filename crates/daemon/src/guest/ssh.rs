@@ -159,18 +159,44 @@ async fn spawn(
     Ok(child)
 }
 
-/// Runs `command` in the guest as root and returns its output.
+/// The most of a command's stdout `exec` keeps: a guest that sends more
+/// (it could send without end) ends the command with an error. Large
+/// answers stream ([`exec_stream`]).
+pub const STDOUT_CAP: usize = 8 << 20;
+
+/// Runs `command` in the guest as root and returns its output (stdout at
+/// most [`STDOUT_CAP`], the end of stderr).
 pub async fn exec(
     layout: &Layout,
     ip: &str,
     command: &str,
     stdin: Option<Vec<u8>>,
 ) -> Result<std::process::Output, GuestError> {
-    spawn(layout, ip, command, stdin)
-        .await?
-        .wait_with_output()
-        .await
-        .map_err(|e| GuestError::Failed(format!("waiting for ssh: {e}")))
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let run = exec_stream(layout, ip, command, stdin, tx, 64 << 10);
+    let collect = async {
+        let mut stdout = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            if stdout.len() + chunk.len() > STDOUT_CAP {
+                // Dropping `rx` makes `run` stop and kill ssh.
+                return Err(GuestError::Failed(format!(
+                    "the guest answered `{}` with more than {} MiB",
+                    command.split_whitespace().next().unwrap_or(command),
+                    STDOUT_CAP >> 20
+                )));
+            }
+            stdout.extend_from_slice(&chunk);
+        }
+        Ok(stdout)
+    };
+    let (ended, stdout) = tokio::join!(run, collect);
+    let stdout = stdout?;
+    let (status, stderr) = ended?;
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// The most of a command's stderr kept (its last lines say why it failed).

@@ -14,6 +14,7 @@ pub fn ensure(name: &str, subnet: &Subnet) -> Result<(), NetError> {
     if !shown.contains(&format!(" {addr} ")) {
         cmd::run("ip", &["addr", "replace", &addr, "dev", name])?;
     }
+    super::no_ipv6(name)?;
     cmd::run("ip", &["link", "set", "dev", name, "up"])?;
     Ok(())
 }

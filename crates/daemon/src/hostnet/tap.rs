@@ -20,6 +20,7 @@ pub fn ensure(tap: &str, bridge: &str, owner: Option<u32>) -> Result<(), NetErro
         }
         cmd::run("ip", &args)?;
     }
+    super::no_ipv6(tap)?;
     cmd::run("ip", &["link", "set", "dev", tap, "master", bridge])?;
     cmd::run("ip", &["link", "set", "dev", tap, "up"])?;
     Ok(())

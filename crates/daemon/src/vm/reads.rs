@@ -39,18 +39,21 @@ impl VmService {
         if caller.is_root() {
             return Ok(ops.into_iter().take(50).collect());
         }
-        let mine: std::collections::HashSet<String> = self
+        // The caller's VMs, with when each was made: an earlier VM of the
+        // same name (another user's, maybe) is not theirs to see.
+        let mine: std::collections::HashMap<String, i64> = self
             .store
             .list_vms()?
             .into_iter()
             .filter(|v| caller.may_see(v))
-            .map(|v| v.name)
+            .map(|v| (v.name, v.created_at))
             .collect();
-        Ok(ops
-            .into_iter()
-            .filter(|o| o.vm.as_ref().is_some_and(|v| mine.contains(v)))
-            .take(50)
-            .collect())
+        let theirs = |o: &banger_api::OpInfo| {
+            let made = o.vm.as_ref().and_then(|v| mine.get(v));
+            // The create operation starts a moment before the row.
+            made.is_some_and(|made| o.started_at + 2 >= *made)
+        };
+        Ok(ops.into_iter().filter(theirs).take(50).collect())
     }
 
     /// What the CLI needs to run OpenSSH against a running VM.

@@ -8,6 +8,7 @@
 use crate::pathio::FromPathIo;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::reader::Reader;
@@ -106,7 +107,7 @@ pub fn file_list(repo: &Repo, include_ignored: bool) -> Result<Vec<u8>, Workspac
 /// may, and a file it cannot read fails the whole pack.
 pub fn tar(repo: &Repo, list: &[u8], readonly: bool, dest: &Path) -> Result<(), WorkspaceError> {
     let list_path = dest.with_extension("list");
-    std::fs::File::create(&list_path)
+    private_file(&list_path)
         .and_then(|mut f| f.write_all(list))
         .map_err(|e| WorkspaceError::io(&list_path, e))?;
     let result = tar_into(repo, &list_path, readonly, dest);
@@ -118,15 +119,8 @@ pub fn tar(repo: &Repo, list: &[u8], readonly: bool, dest: &Path) -> Result<(), 
 }
 
 fn tar_into(repo: &Repo, list: &Path, readonly: bool, dest: &Path) -> Result<(), WorkspaceError> {
-    let open = |p: &Path, create: bool| {
-        std::fs::OpenOptions::new()
-            .read(!create)
-            .write(create)
-            .create_new(create)
-            .open(p)
-            .map_err(|e| WorkspaceError::io(p, e))
-    };
-    let (names, out) = (open(list, false)?, open(dest, true)?);
+    let names = std::fs::File::open(list).map_err(|e| WorkspaceError::io(list, e))?;
+    let out = private_file(dest).map_err(|e| WorkspaceError::io(dest, e))?;
     let root = repo.root.display().to_string();
     let mut args = vec![
         "--create",
@@ -137,9 +131,13 @@ fn tar_into(repo: &Repo, list: &Path, readonly: bool, dest: &Path) -> Result<(),
         "--group=root",
         "--numeric-owner",
     ];
-    if readonly {
-        args.push("--mode=a-w");
-    }
+    // No set-id bit survives the pack: the tree is extracted as root on
+    // the host (overlay mode) before it becomes an image.
+    args.push(if readonly {
+        "--mode=a-w,ug-s"
+    } else {
+        "--mode=ug-s"
+    });
     args.extend(["--null", "--files-from=-"]);
     let done = repo
         .reader
@@ -177,7 +175,17 @@ pub fn ext4_from_tar(
     let staging = dest.with_extension("staging");
     let _ = std::fs::remove_dir_all(&staging);
     let repo_dir = staging.join(IMAGE_REPO_DIR);
-    std::fs::create_dir_all(&repo_dir).map_err(|e| WorkspaceError::io(&staging, e))?;
+    // Root's alone: the caller's files lie here, extracted as root.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&repo_dir)
+        .map_err(|e| WorkspaceError::io(&staging, e))?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| WorkspaceError::io(&staging, e))?;
+    // The repo itself as the guest knows it; only root reaches it here.
+    std::fs::set_permissions(&repo_dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| WorkspaceError::io(&repo_dir, e))?;
     let result = (|| {
         cmd::run(
             "tar",
@@ -205,10 +213,21 @@ pub fn ext4_from_tar(
             &format!("{size_mib}M"),
             &["-N", &inodes],
         )?;
-        Ok(())
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| WorkspaceError::io(dest, e))
     })();
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+/// Creates `path` (which must not exist) for root alone.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Removes every write bit under `dir` and from `dir` itself, directories
