@@ -144,6 +144,9 @@ struct Member<'a> {
     env: &'a Env,
     name: String,
     home: std::path::PathBuf,
+    /// A copy of the CLI the user can run (the build may sit in a
+    /// directory only root can enter, as CI's clone does).
+    banger: std::path::PathBuf,
 }
 
 impl<'a> Member<'a> {
@@ -161,7 +164,19 @@ impl<'a> Member<'a> {
         ensure!(ok, "useradd {name}");
         std::fs::create_dir_all(&home)?;
         crate::sh::quiet(&["chown", &format!("{name}:"), &home.display().to_string()])?;
-        Ok(Member { env, name, home })
+        let bin = env.dir.join("member-bin");
+        std::fs::create_dir_all(&bin)?;
+        let banger = bin.join("banger");
+        std::fs::copy(&env.banger, &banger)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&banger, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Member {
+            env,
+            name,
+            home,
+            banger,
+        })
     }
 
     /// `banger ARGS` as this user, in the namespace.
@@ -181,7 +196,7 @@ impl<'a> Member<'a> {
             .arg(format!("HOME={}", self.home.display()))
             .arg(format!("BANGER_SOCKET={}", self.env.socket.display()))
             .arg("PATH=/usr/local/bin:/usr/bin:/bin")
-            .arg(&self.env.banger)
+            .arg(&self.banger)
             .args(args)
             .stdin(Stdio::null())
             .output()
