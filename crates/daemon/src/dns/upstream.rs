@@ -6,8 +6,9 @@ use std::path::Path;
 /// Nameservers from a resolv.conf, minus `ours` (forwarding to ourselves
 /// would loop).
 pub fn from_resolv_conf(path: &Path, ours: &[IpAddr]) -> Vec<SocketAddr> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    parse(&text, ours)
+    // A stray non-UTF-8 byte (a Latin-1 comment) must not lose the rest.
+    let bytes = std::fs::read(path).unwrap_or_default();
+    parse(&String::from_utf8_lossy(&bytes), ours)
 }
 
 fn parse(text: &str, ours: &[IpAddr]) -> Vec<SocketAddr> {
@@ -21,6 +22,17 @@ fn parse(text: &str, ours: &[IpAddr]) -> Vec<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_non_utf8_byte_does_not_lose_the_nameservers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, b"# caf\xe9\nnameserver 192.0.2.53\n").unwrap();
+        assert_eq!(
+            super::from_resolv_conf(&path, &[]),
+            ["192.0.2.53:53".parse::<std::net::SocketAddr>().unwrap()]
+        );
+    }
+
     #[test]
     fn skips_ourselves_and_junk() {
         let ours = ["172.30.0.1".parse().unwrap()];

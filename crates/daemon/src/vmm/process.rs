@@ -59,8 +59,9 @@ fn is_zombie(pid: u32) -> bool {
 
 /// Signal names `vm kill --signal` accepts.
 pub fn parse_signal(name: &str) -> Option<i32> {
-    let name = name.trim_start_matches("SIG").to_ascii_uppercase();
-    Some(match name.as_str() {
+    let upper = name.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    Some(match name {
         "KILL" => libc::SIGKILL,
         "TERM" => libc::SIGTERM,
         "INT" => libc::SIGINT,
@@ -102,6 +103,8 @@ mod tests {
         assert_eq!(parse_signal("SIGTERM"), Some(libc::SIGTERM));
         assert_eq!(parse_signal("int"), Some(libc::SIGINT));
         assert_eq!(parse_signal("STOP"), None);
+        assert_eq!(parse_signal("sigint"), Some(libc::SIGINT));
+        assert_eq!(parse_signal("SIGSIGKILL"), None, "one SIG prefix only");
     }
 
     #[test]
