@@ -236,6 +236,9 @@ struct Board {
     held: HashMap<&'static str, Option<usize>>,
     /// Scenario: the scenarios that must end before it starts.
     after: HashMap<&'static str, Vec<&'static str>>,
+    /// VMs still to be made ahead: their scenarios wait, so that VMs boot
+    /// in the order the queue wants them.
+    coming: Vec<&'static str>,
     done: Vec<&'static str>,
 }
 
@@ -256,6 +259,7 @@ impl Board {
             queue: queue.into(),
             held: HashMap::new(),
             after,
+            coming: Vec::new(),
             done: Vec::new(),
         }
     }
@@ -292,7 +296,9 @@ impl Board {
     /// its VMs held.
     fn next(&mut self) -> Option<&'static Scenario> {
         let i = self.queue.iter().position(|s| {
-            self.vms_free(s.vms) && self.after[s.name].iter().all(|t| self.done.contains(t))
+            self.vms_free(s.vms)
+                && s.vms.iter().all(|v| !self.coming.contains(&v.name))
+                && self.after[s.name].iter().all(|t| self.done.contains(t))
         })?;
         let s = self.queue.remove(i)?;
         self.hold(s.vms);
@@ -358,6 +364,7 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
         };
         specs.sort_by_key(|v| first_use(v));
     }
+    lock(&board).coming = specs.iter().map(|v| v.name).collect();
     if !specs.is_empty() {
         eprintln!(
             "--- {} scenarios, {WORKERS} at a time; making {} VMs ahead, {} booting at a time",
@@ -374,24 +381,32 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
                 let Some(spec) = lock(&wanted).pop_front() else {
                     break;
                 };
-                {
+                let free = {
                     let mut b = lock(&board);
-                    if !b.vms_free(&[spec]) {
-                        // A scenario holds it and makes it itself.
-                        continue;
+                    let free = b.vms_free(&[spec]);
+                    if free {
+                        b.hold(&[spec]);
                     }
-                    b.hold(&[spec]);
-                }
+                    free
+                };
                 // A failure here is the scenario's to report: it asks the
-                // fixture again and gets the error.
-                match env::ahead(|| env.vm(spec)) {
-                    Ok(how) if how != "ready" => {
-                        lock(&run.ahead).insert(spec.name, how);
+                // fixture again and gets the error. Not free: a scenario
+                // holds it (and has made it).
+                if free {
+                    match env::ahead(|| env.vm(spec)) {
+                        Ok(how) if how != "ready" => {
+                            lock(&run.ahead).insert(spec.name, how);
+                        }
+                        Ok(_) => {}
+                        Err(e) => eprintln!("--- making {} failed: {e:#}", spec.name),
                     }
-                    Ok(_) => {}
-                    Err(e) => eprintln!("--- making {} failed: {e:#}", spec.name),
                 }
-                lock(&board).release(&[spec]);
+                let mut b = lock(&board);
+                if free {
+                    b.release(&[spec]);
+                }
+                b.coming.retain(|n| *n != spec.name);
+                drop(b);
                 changed.notify_all();
             });
         }
@@ -641,5 +656,21 @@ mod tests {
             Some("vm restart gives a fresh boot_id")
         );
         assert!(b.queue.is_empty());
+    }
+
+    #[test]
+    fn a_vm_made_ahead_is_waited_for() {
+        let mut b = Board::new(&together(&["workspace prepare (default", "vm restart"]));
+        b.coming = vec!["smoke-ws"];
+        assert_eq!(
+            b.next().map(|s| s.name),
+            Some("vm restart gives a fresh boot_id")
+        );
+        assert!(b.next().is_none());
+        b.coming.clear();
+        assert_eq!(
+            b.next().map(|s| s.name),
+            Some("workspace prepare (default overlay mode)")
+        );
     }
 }
