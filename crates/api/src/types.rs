@@ -55,6 +55,9 @@ pub struct VmSpec {
     /// caller's own key, so it can `ssh NAME.vm` itself).
     #[serde(default)]
     pub authorized_keys: Vec<String>,
+    /// Boot cold even when a template of this shape exists.
+    #[serde(default)]
+    pub cold: bool,
 }
 
 /// A VM as `vm show --json` prints it.
@@ -85,6 +88,9 @@ pub struct VmInfo {
     /// Why the VM is in `error`, when it is.
     pub last_error: Option<String>,
     pub workspace: Option<WorkspaceInfo>,
+    /// The template the VM was restored from (none: it booted cold).
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 /// The workspace prepared in a VM.

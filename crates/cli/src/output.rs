@@ -87,6 +87,13 @@ pub fn vm_details(v: &VmInfo) {
         ),
         ("nat", v.nat.to_string()),
         ("created", age(v.created_at)),
+        (
+            "booted",
+            match &v.template {
+                Some(t) => format!("restored from template {t}"),
+                None => "cold".to_string(),
+            },
+        ),
     ];
     if let Some(pid) = v.pid {
         rows.push(("pid", pid.to_string()));

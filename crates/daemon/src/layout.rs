@@ -67,6 +67,17 @@ impl Layout {
     }
 
     /// A running VM's runtime directory: QMP socket, pid file, API socket.
+    /// Booted, saved VMs that new VMs are restored from (`template`).
+    pub fn templates_dir(&self) -> PathBuf {
+        self.state_dir.join("templates")
+    }
+    pub fn template_dir(&self, key: &str) -> PathBuf {
+        self.templates_dir().join(key)
+    }
+    /// Where the VMM of a template being built keeps its sockets.
+    pub fn template_run_dir(&self, key: &str) -> PathBuf {
+        self.run_dir.join("templates").join(key)
+    }
     pub fn vm_run_dir(&self, name: &str) -> PathBuf {
         self.run_dir.join("vms").join(name)
     }

@@ -20,6 +20,7 @@ pub mod opstate;
 pub mod pathio;
 pub mod server;
 pub mod store;
+pub mod template;
 pub mod vm;
 pub mod vmm;
 pub mod workspace;
@@ -227,6 +228,7 @@ mod tests {
             dns_port: 0,
             socket_group: "banger".into(),
             vmm_uid_base: 2_000_000_000,
+            templates: true,
         }
     }
 

@@ -49,6 +49,10 @@ pub struct DaemonArgs {
     /// (0: as the daemon's user).
     #[arg(long, default_value_t = 2_000_000_000)]
     vmm_uid_base: u32,
+    /// Restore new VMs from templates (booted once per image version and
+    /// VM shape, then saved): on, or off to boot every VM cold.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    templates: String,
 }
 
 pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
@@ -91,6 +95,7 @@ pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
         } else {
             0
         },
+        templates: args.templates == "on",
     };
     if socket != cfg.layout.socket()
         && std::env::var_os("BANGER_SOCKET").is_none()

@@ -30,6 +30,9 @@ pub enum VmCommand {
         disk: u32,
         #[arg(long, default_value = "default")]
         image: String,
+        /// Boot cold, even when a template of this shape could restore it.
+        #[arg(long)]
+        cold: bool,
     },
     /// Boot a stopped VM.
     Start { name: String },
@@ -100,6 +103,7 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
             memory,
             disk,
             image,
+            cold,
         } => {
             validate_vm_name(&name)?;
             // Not root: the guest also authorizes this user's own key.
@@ -116,6 +120,7 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 image,
                 nat,
                 authorized_keys,
+                cold,
             };
             let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
             if !useraccess::is_root() {

@@ -27,6 +27,7 @@ impl CowDisk for Qcow2 {
             ));
         }
         let base = base.canonicalize().map_err(|e| DiskError::io(base, e))?;
+        let base_format = base_format(&base).map_err(|e| DiskError::io(&base, e))?;
         let size = format!("{size_gib}G");
         cmd::run(
             "qemu-img",
@@ -36,7 +37,7 @@ impl CowDisk for Qcow2 {
                 "-f".as_ref(),
                 "qcow2".as_ref(),
                 "-F".as_ref(),
-                "raw".as_ref(),
+                base_format.as_ref(),
                 "-b".as_ref(),
                 base.as_os_str(),
                 dest.as_os_str(),
@@ -45,4 +46,18 @@ impl CowDisk for Qcow2 {
         )?;
         Ok(())
     }
+}
+
+/// The format of an overlay's base: qcow2 (a template's disk) by its
+/// magic, else raw (an image's root filesystem).
+fn base_format(base: &Path) -> std::io::Result<&'static str> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(base)?;
+    let n = f.read(&mut magic)?;
+    Ok(if n == 4 && magic == *b"QFI\xfb" {
+        "qcow2"
+    } else {
+        "raw"
+    })
 }

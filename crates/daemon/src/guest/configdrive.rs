@@ -10,7 +10,9 @@ use super::GuestError;
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub hostname: String,
+    /// Empty for a template, which has no address of its own.
     pub ip: String,
+    pub mac: String,
     pub prefix: u8,
     pub gateway: String,
     pub dns: String,
@@ -24,8 +26,8 @@ impl Identity {
     /// or an address, so none needs quoting; each is quoted anyway.
     fn env_file(&self) -> String {
         format!(
-            "BANGER_HOSTNAME='{}'\nBANGER_IP='{}'\nBANGER_PREFIX='{}'\nBANGER_GATEWAY='{}'\nBANGER_DNS='{}'\n",
-            self.hostname, self.ip, self.prefix, self.gateway, self.dns
+            "BANGER_HOSTNAME='{}'\nBANGER_IP='{}'\nBANGER_MAC='{}'\nBANGER_PREFIX='{}'\nBANGER_GATEWAY='{}'\nBANGER_DNS='{}'\n",
+            self.hostname, self.ip, self.mac, self.prefix, self.gateway, self.dns
         )
     }
 }
@@ -80,6 +82,7 @@ mod tests {
         let identity = Identity {
             hostname: "dev".into(),
             ip: "10.0.0.2".into(),
+            mac: "02:00:00:00:00:01".into(),
             prefix: 24,
             gateway: "10.0.0.1".into(),
             dns: "10.0.0.1".into(),

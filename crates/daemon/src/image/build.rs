@@ -26,6 +26,8 @@ pub const PACKAGES: &[&str] = &[
     "iptables",
     "tar",
     "less",
+    // Templates: restored clones are given their identity through it.
+    "qemu-guest-agent",
 ];
 
 pub const SUITE: &str = "bookworm";
@@ -84,6 +86,7 @@ fn build_into(
         kernel: kernel_version,
         suite: SUITE.to_string(),
         built_at: crate::store::now(),
+        guest_agent: true,
     };
     let json = serde_json::to_string_pretty(&manifest).unwrap_or_default();
     std::fs::write(out.manifest(), json).map_err(|e| ImageError::io(&out.manifest(), e))?;

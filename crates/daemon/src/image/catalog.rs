@@ -269,6 +269,7 @@ pub(crate) fn fake_build(tag: &str) -> impl FnOnce(&ImagePaths) -> Result<(), Im
             kernel: tag.clone(),
             suite: "bookworm".into(),
             built_at: 1_700_000_000,
+            guest_agent: false,
         };
         let json = serde_json::to_string(&m).unwrap_or_default();
         std::fs::write(out.manifest(), json).map_err(|e| ImageError::io(&out.manifest(), e))

@@ -11,6 +11,8 @@ use super::ImageError;
 
 const GUEST_INIT: &str = include_str!("assets/banger-guest-init");
 const GUEST_UNIT: &str = include_str!("assets/banger-guest.service");
+const AGENT: &str = include_str!("assets/banger-agent");
+const AGENT_UNIT: &str = include_str!("assets/banger-agent.service");
 const SSHD_CONF: &str = include_str!("assets/sshd-banger.conf");
 const JOURNALD_CONF: &str = include_str!("assets/journald-banger.conf");
 const SSH_UNIT_CONF: &str = include_str!("assets/ssh-banger.conf");
@@ -62,6 +64,7 @@ pub const INITRD_MODULES: &[&str] = &[
     "net/core/failover",
     "drivers/net/net_failover",
     "drivers/net/virtio_net",
+    "drivers/char/virtio_console",
 ];
 
 fn write(root: &Path, rel: &str, body: &str, mode: u32) -> Result<(), ImageError> {
@@ -94,6 +97,17 @@ pub fn customize(root: &Path) -> Result<(), ImageError> {
     force_symlink(
         "/etc/systemd/system/banger-guest.service",
         &root.join("etc/systemd/system/sysinit.target.wants/banger-guest.service"),
+    )?;
+    write(root, "usr/local/sbin/banger-agent", AGENT, 0o755)?;
+    write(
+        root,
+        "etc/systemd/system/banger-agent.service",
+        AGENT_UNIT,
+        0o644,
+    )?;
+    force_symlink(
+        "/etc/systemd/system/banger-agent.service",
+        &root.join("etc/systemd/system/multi-user.target.wants/banger-agent.service"),
     )?;
     write(root, "etc/ssh/sshd_config.d/banger.conf", SSHD_CONF, 0o644)?;
     write(

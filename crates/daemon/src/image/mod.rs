@@ -16,6 +16,18 @@ pub struct Manifest {
     pub kernel: String,
     pub suite: String,
     pub built_at: i64,
+    /// The image has banger's guest agent (`qemu-guest-agent` and the
+    /// units that start it in a template): VMs can be restored from
+    /// templates of it. Images built before templates have not.
+    #[serde(default)]
+    pub guest_agent: bool,
+}
+
+impl Manifest {
+    /// The manifest of the image at `paths`, if it has a readable one.
+    pub fn read(paths: &crate::layout::ImagePaths) -> Option<Self> {
+        serde_json::from_slice(&std::fs::read(paths.manifest()).ok()?).ok()
+    }
 }
 
 /// The name `vm create` uses when none is given.

@@ -53,6 +53,11 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE vms ADD COLUMN image_version INTEGER NOT NULL DEFAULT 0;
     ",
+    // 4: the template a VM was restored from (its root disk is made over
+    // the template's disk, which stays while the VM does).
+    "
+    ALTER TABLE vms ADD COLUMN template TEXT;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -47,8 +47,9 @@ impl Store {
         };
         tx.execute(
             "INSERT INTO vms (name, state, slot, ip, mac, tap, vmm, cpus, memory_mib, disk_gib,
-                              image, nat, created_at, disk_strategy, owner_uid, image_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                              image, nat, created_at, disk_strategy, owner_uid, image_version,
+                              template)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 vm.name,
                 vm.state.as_str(),
@@ -66,10 +67,30 @@ impl Store {
                 vm.disk.as_str(),
                 vm.owner_uid,
                 vm.image_version,
+                vm.template,
             ],
         )?;
         tx.commit()?;
         Ok(vm)
+    }
+
+    /// Records that `name`'s root disk is made over `template` (or, after
+    /// a restore that fell back to a cold boot, over the image).
+    pub fn set_template(&self, name: &str, template: Option<&str>) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE vms SET template = ?2 WHERE name = ?1",
+            params![name, template],
+        )?;
+        Ok(())
+    }
+
+    /// The templates some VM's root disk is made over.
+    pub fn templates_in_use(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .conn()
+            .prepare("SELECT DISTINCT template FROM vms WHERE template IS NOT NULL")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
     }
 
     pub fn get_vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
@@ -171,6 +192,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
         last_error: r.get("last_error")?,
         workspace: workspace.and_then(|w| serde_json::from_str(&w).ok()),
         owner_uid: r.get("owner_uid")?,
+        template: r.get("template")?,
     })
 }
 
@@ -204,6 +226,7 @@ mod tests {
             image: "default".into(),
             nat: false,
             authorized_keys: Vec::new(),
+            cold: false,
         };
         VmRecord::draft(&spec, "qemu", Strategy::Qcow2, 1000)
     }

@@ -17,16 +17,28 @@ use crate::pathio::FromPathIo;
 use crate::vmm::{BootDrives, DiskFormat, Drive, LaunchSpec};
 
 /// The config drive's serial, as the guest looks for it.
-const CONFIG_SERIAL: &str = "banger-config";
-const ROOT_SERIAL: &str = "banger-root";
+pub(super) const CONFIG_SERIAL: &str = "banger-config";
+pub(super) const ROOT_SERIAL: &str = "banger-root";
 
 /// How long one readiness probe (`ssh true`) may take.
 const READY_PROBE_DEADLINE: Duration = Duration::from_secs(15);
 
 impl VmService {
     /// Boots `vm` and waits for SSH; returns it running.
-    pub(super) async fn boot(self: &Arc<Self>, op: &Op, mut vm: VmRecord, pct: u8) -> R<VmRecord> {
-        match self.boot_inner(op, &mut vm, pct).await {
+    pub(super) async fn boot(self: &Arc<Self>, op: &Op, vm: VmRecord, pct: u8) -> R<VmRecord> {
+        self.boot_from(op, vm, pct, None).await
+    }
+
+    /// Boots `vm`, or restores it from a template's saved `state` and
+    /// gives it its identity; then waits for SSH.
+    pub(super) async fn boot_from(
+        self: &Arc<Self>,
+        op: &Op,
+        mut vm: VmRecord,
+        pct: u8,
+        state: Option<std::path::PathBuf>,
+    ) -> R<VmRecord> {
+        match self.boot_inner(op, &mut vm, pct, state).await {
             Ok(()) => Ok(vm),
             Err(e) => {
                 self.abort_boot(&mut vm, &e).await;
@@ -49,7 +61,13 @@ impl VmService {
         }
     }
 
-    async fn boot_inner(self: &Arc<Self>, op: &Op, vm: &mut VmRecord, pct: u8) -> R<()> {
+    async fn boot_inner(
+        self: &Arc<Self>,
+        op: &Op,
+        vm: &mut VmRecord,
+        pct: u8,
+        state: Option<std::path::PathBuf>,
+    ) -> R<()> {
         let l = self.layout().clone();
         let image = vm.image_files(&l);
         if !image.exists() {
@@ -103,20 +121,36 @@ impl VmService {
             control_socket: l.vm_control_socket(&vm.name),
             run_as,
             stderr_log: l.vm_stderr_log(&vm.name),
+            template: false,
+            restore_from: None,
         };
         if let Some((uid, gid)) = run_as {
             self.hand_over_to_vmm(&spec, uid, gid).await?;
         }
-        op.phase(
-            "boot",
-            &format!("starting {} ({})", vm.name, backend.name()),
-            pct + 10,
-        );
         let b = backend.clone();
-        let handle = blocking(move || b.launch(&spec))
-            .await
-            .context(|| format!("booting {}", vm.name))?;
+        let restoring = state.is_some();
+        let handle = match state {
+            None => {
+                let how = format!("starting {} ({})", vm.name, backend.name());
+                op.phase("boot", &how, pct + 10);
+                blocking(move || b.launch(&spec)).await
+            }
+            Some(state) => {
+                let how = format!("restoring {} from its template", vm.name);
+                op.phase("restore", &how, pct + 10);
+                blocking(move || b.restore(&spec, &state)).await
+            }
+        }
+        .context(|| format!("booting {}", vm.name))?;
         self.transition(vm, VmState::Running, Some(handle), None)?;
+        if restoring {
+            op.phase(
+                "identity",
+                &format!("giving {} its identity", vm.name),
+                pct + 15,
+            );
+            self.reidentify(vm, backend.clone()).await?;
+        }
         op.phase("ssh", &format!("waiting for SSH on {}", vm.ip), pct + 20);
         let took = self.wait_ready(vm).await?;
         if vm.workspace.is_some() {
@@ -191,7 +225,7 @@ impl VmService {
                 vm.disk.as_str()
             ))
         })?;
-        let base = vm.image_files(self.layout()).rootfs();
+        let base = vm.disk_base(self.layout());
         let dest = self.layout().vm_disk(&vm.name, vm.disk);
         let format = disk.format();
         let path = blocking(move || disk.activate(&base, &dest))
@@ -226,7 +260,7 @@ impl VmService {
                 Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_string(),
                 Err(e) => last = e.to_string(),
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Err(VmError::Failed(format!(
             "SSH on {} did not answer within {}s (last: {last}); `banger vm logs {}` shows the console",

@@ -68,7 +68,15 @@ impl VmService {
         })?
         .strategy();
         let draft = VmRecord::draft(&spec, backend.name(), strategy, owner_uid);
-        let vm = self.insert_on_current_image(draft)?;
+        let mut vm = self.insert_on_current_image(draft)?;
+        let template = match spec.cold {
+            true => None,
+            false => self.template_for(&vm, backend.as_ref()),
+        };
+        if let Some(t) = &template {
+            self.store.set_template(&vm.name, Some(&t.id))?;
+            vm.template = Some(t.id.clone());
+        }
         op.phase(
             "provision",
             &format!(
@@ -80,11 +88,19 @@ impl VmService {
             40,
         );
         let made = match self.provision(&vm, spec.authorized_keys.clone()).await {
-            Ok(()) => self.boot(op, vm.clone(), 50).await,
+            Ok(()) => match &template {
+                Some(t) => self.restore_or_boot_cold(op, vm.clone(), t).await,
+                None => self.boot(op, vm.clone(), 50).await,
+            },
             Err(e) => Err(e),
         };
         match made {
-            Ok(vm) => Ok(vm.info()),
+            Ok(vm) => {
+                if vm.template.is_none() {
+                    self.want_template(&vm, backend);
+                }
+                Ok(vm.info())
+            }
             Err(e) => {
                 let e = self.with_console_tail(&vm, e);
                 self.rollback_create(&vm).await;
@@ -130,6 +146,7 @@ impl VmService {
         let identity = configdrive::Identity {
             hostname: vm.name.clone(),
             ip: vm.ip.clone(),
+            mac: vm.mac.clone(),
             prefix: self.cfg.subnet.prefix,
             gateway: self.cfg.subnet.gateway().to_string(),
             dns: self.cfg.subnet.gateway().to_string(),
@@ -151,11 +168,50 @@ impl VmService {
         })?;
         let dest = l.vm_disk(&vm.name, vm.disk);
         if !dest.exists() {
-            disk.create(&vm.image_files(l).rootfs(), &dest, vm.disk_gib)
+            disk.create(&vm.disk_base(l), &dest, vm.disk_gib)
                 .context(|| format!("creating the root disk of {}", vm.name))?;
         }
         ssh::pin_host_key(l, &vm.name, &vm.ip, &host_pub)?;
         Ok(())
+    }
+
+    /// Restores `vm` from template `t`; if that fails, marks the template
+    /// broken and boots the VM cold on a disk made over the image.
+    async fn restore_or_boot_cold(
+        self: &Arc<Self>,
+        op: &Op,
+        vm: VmRecord,
+        t: &crate::template::Template,
+    ) -> R<VmRecord> {
+        let e = match self.boot_from(op, vm.clone(), 50, Some(t.state())).await {
+            Ok(vm) => return Ok(vm),
+            Err(e @ VmError::Cancelled(_)) => return Err(e),
+            Err(e) => e,
+        };
+        tracing::warn!(vm = %vm.name, template = %t.id, "restoring failed ({e}); booting cold");
+        self.template_failed(&t.id);
+        let mut vm = self.record(&vm.name)?;
+        self.store.set_template(&vm.name, None)?;
+        vm.template = None;
+        let (this, cold) = (self.clone(), vm.clone());
+        blocking(move || this.remake_disk(&cold)).await?;
+        self.boot(op, vm, 50).await
+    }
+
+    /// Replaces `vm`'s root disk with a fresh one over its base.
+    fn remake_disk(&self, vm: &VmRecord) -> R<()> {
+        let l = self.layout();
+        let disk = self.host.disk(vm.disk).ok_or_else(|| {
+            VmError::HostMissing(format!(
+                "disk strategy {} is not available",
+                vm.disk.as_str()
+            ))
+        })?;
+        let dest = l.vm_disk(&vm.name, vm.disk);
+        disk.remove(&dest)
+            .context(|| format!("removing the root disk of {}", vm.name))?;
+        disk.create(&vm.disk_base(l), &dest, vm.disk_gib)
+            .context(|| format!("creating the root disk of {}", vm.name))
     }
 
     /// Removes everything a failed create made. If that fails too, the VM
@@ -270,6 +326,7 @@ mod tests {
             image: "default".into(),
             nat: false,
             authorized_keys: Vec::new(),
+            cold: false,
         }
     }
 

@@ -108,6 +108,7 @@ impl VmService {
         let layout = self.layout().clone();
         let version = blocking(move || install(&layout)).await?;
         self.prune_image(name, false).await;
+        self.collect_templates();
         Ok(version)
     }
 
@@ -196,7 +197,9 @@ impl VmService {
                 users.join(", ")
             )));
         }
-        Ok(catalog::remove(self.layout(), name)?)
+        catalog::remove(self.layout(), name)?;
+        self.collect_templates();
+        Ok(())
     }
 }
 

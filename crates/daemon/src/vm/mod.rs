@@ -17,6 +17,7 @@ pub mod record;
 mod remove;
 pub mod runner;
 pub mod service;
+mod template;
 pub mod transition;
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub async fn reconcile(svc: &VmService) -> Report {
         let removed = svc.prune_image(&image, true).await;
         report.removed_images.extend(removed);
     }
+    svc.clean_unfinished_templates();
+    svc.collect_templates();
     let known: Vec<_> = vms
         .iter()
         .map(|v| svc.layout().vm_disk(&v.name, v.disk))

@@ -38,6 +38,9 @@ pub struct VmRecord {
     pub workspace: Option<WorkspaceInfo>,
     /// The uid of the caller that created it.
     pub owner_uid: u32,
+    /// The template the VM was restored from: its root disk is made over
+    /// the template's disk instead of the image's.
+    pub template: Option<String>,
 }
 
 impl VmRecord {
@@ -64,6 +67,16 @@ impl VmRecord {
             last_error: None,
             workspace: None,
             owner_uid,
+            template: None,
+        }
+    }
+
+    /// What the VM's root disk is made over: its template's disk, or the
+    /// image's root filesystem.
+    pub fn disk_base(&self, layout: &Layout) -> std::path::PathBuf {
+        match &self.template {
+            Some(t) => layout.template_dir(t).join(crate::template::DISK),
+            None => self.image_files(layout).rootfs(),
         }
     }
 
@@ -93,6 +106,7 @@ impl VmRecord {
             pid: self.runtime.map(|r| r.pid),
             last_error: self.last_error.clone(),
             workspace: self.workspace.clone(),
+            template: self.template.clone(),
         }
     }
 }

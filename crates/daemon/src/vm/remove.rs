@@ -68,6 +68,9 @@ impl VmService {
             }
             return Err(e);
         }
+        if vm.template.is_some() {
+            self.collect_templates();
+        }
         op.phase("deleted", &format!("{} deleted", vm.name), 100);
         Ok(())
     }

@@ -44,6 +44,9 @@ pub struct Config {
     /// VMMs run as uid (and gid) `vmm_uid_base + slot`, one per VM; 0 runs
     /// them as the daemon's user.
     pub vmm_uid_base: u32,
+    /// Restore new VMs from templates (and build templates after a cold
+    /// create); off, every VM boots cold.
+    pub templates: bool,
 }
 
 pub struct VmService {
@@ -58,6 +61,10 @@ pub struct VmService {
     pub(super) image_pins: Arc<std::sync::Mutex<()>>,
     /// Whether the `.vm` DNS server runs (endpoints then use names).
     pub dns_running: std::sync::atomic::AtomicBool,
+    /// One template build at a time (they share the template VMM uid).
+    pub(super) template_lock: tokio::sync::Mutex<()>,
+    /// Shapes whose template build is queued or running.
+    pub(super) templates_wanted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Runs blocking host work off the async workers: the one boundary every
@@ -81,6 +88,8 @@ impl VmService {
             image_lock: tokio::sync::Mutex::new(()),
             image_pins: Arc::default(),
             dns_running: std::sync::atomic::AtomicBool::new(false),
+            template_lock: tokio::sync::Mutex::new(()),
+            templates_wanted: std::sync::Mutex::default(),
         })
     }
 

@@ -7,6 +7,8 @@
 pub mod accel;
 pub mod process;
 pub mod qemu;
+mod qemu_snapshot;
+pub mod qga;
 pub mod qmp;
 pub mod tap;
 
@@ -120,6 +122,12 @@ pub struct LaunchSpec {
     pub run_as: Option<(u32, u32)>,
     /// Where the VMM's own error output goes.
     pub stderr_log: PathBuf,
+    /// Boot a template: no network backend (nothing leaves it), and the
+    /// guest agent started, to be saved with [`Vmm::snapshot`].
+    pub template: bool,
+    /// Start from a template's saved state instead of booting
+    /// ([`Vmm::restore`] sets it).
+    pub restore_from: Option<PathBuf>,
 }
 
 /// How the daemon finds a running VMM again: its pid, and the process's
@@ -136,6 +144,11 @@ pub struct RuntimeHandle {
 pub trait Vmm: Send + Sync {
     /// `qemu` or `firecracker`; stored with each VM.
     fn name(&self) -> &'static str;
+    /// The VMM's version and accelerator, as far as they decide whether a
+    /// saved state loads (templates record it).
+    fn version(&self) -> String {
+        String::new()
+    }
     fn capabilities(&self) -> Capabilities;
     /// Why this host cannot run this backend, if it cannot.
     fn unusable_reason(&self) -> Option<String> {
@@ -182,6 +195,17 @@ pub trait Vmm: Send + Sync {
     }
     fn restore(&self, _spec: &LaunchSpec, _from: &Path) -> Result<RuntimeHandle, VmmError> {
         Err(self.not_supported("restore a VM"))
+    }
+    /// Runs a program in the guest through the backend's guest agent (a VM
+    /// restored from a template has one; see [`LaunchSpec::template`]).
+    fn agent_exec(
+        &self,
+        _control_socket: &Path,
+        _path: &str,
+        _args: &[String],
+        _timeout: Duration,
+    ) -> Result<qga::AgentOutput, VmmError> {
+        Err(self.not_supported("reach a guest agent"))
     }
     fn not_supported(&self, what: &'static str) -> VmmError {
         VmmError::NotSupported {

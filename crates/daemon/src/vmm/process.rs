@@ -47,6 +47,29 @@ pub fn is_vm_process(pid: u32, name: &str) -> bool {
     })
 }
 
+/// Live processes whose command line has a token starting with `prefix`
+/// (the VMMs of template builds a daemon did not finish).
+pub fn tagged_with_prefix(prefix: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            !is_zombie(*pid)
+                && raw.split(|b| *b == 0).any(|arg| {
+                    String::from_utf8_lossy(arg)
+                        .split(|c: char| c.is_whitespace() || c == ',')
+                        .any(|token| token.starts_with(prefix))
+                })
+        })
+        .collect()
+}
+
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

@@ -11,8 +11,8 @@ use serde_json::json;
 
 use super::accel::{self, AccelChoice};
 use super::{
-    process, process_tag, qmp, BootDrives, Capabilities, DiskFormat, Drive, KernelFormat,
-    LaunchSpec, RuntimeHandle, Vmm, VmmError,
+    process, process_tag, qemu_snapshot, qga, qmp, BootDrives, Capabilities, DiskFormat, Drive,
+    KernelFormat, LaunchSpec, RuntimeHandle, Vmm, VmmError,
 };
 use crate::cmd;
 
@@ -25,6 +25,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 /// QEMU, with KVM or TCG software emulation.
 pub struct Qemu {
     accel: AccelChoice,
+    /// `qemu-system-x86_64 --version`, asked once.
+    version: OnceLock<String>,
     /// Where the KVM probe's verdict is kept (per host kernel).
     verdict_file: PathBuf,
     kvm: OnceLock<bool>,
@@ -44,6 +46,7 @@ impl Qemu {
         }
         Qemu {
             accel,
+            version: OnceLock::new(),
             verdict_file,
             kvm,
         }
@@ -95,7 +98,12 @@ impl Qemu {
         a.push("-initrd".into());
         a.push(spec.initrd.clone().into());
         a.push("-append".into());
-        a.push(format!("{} {}", spec.cmdline, process_tag(&spec.name)).into());
+        let template = if spec.template {
+            " banger.template=1"
+        } else {
+            ""
+        };
+        a.push(format!("{} {}{template}", spec.cmdline, process_tag(&spec.name)).into());
         for (i, d) in spec.drives.iter().enumerate() {
             let mut drive = OsString::from("file=");
             drive.push(escape_commas(&d.path));
@@ -112,11 +120,28 @@ impl Qemu {
         // A PCIe slot for drives attached later (workspaces).
         push_dev(&mut a, "pcie-root-port,id=hotplug0,bus=pcie.0,chassis=1");
         // The daemon opens the tap and hands QEMU the descriptor: QEMU
-        // needs no access to /dev/net/tun (root's alone on some hosts).
+        // needs no access to /dev/net/tun (root's alone on some hosts). A
+        // template's network card is on a hub with nothing else on it.
         a.push("-netdev".into());
-        a.push(format!("tap,id=net0,fd={TAP_FD}").into());
+        a.push(match spec.template {
+            false => format!("tap,id=net0,fd={TAP_FD}").into(),
+            true => "hubport,id=net0,hubid=0".into(),
+        });
         a.push("-device".into());
         a.push(format!("virtio-net-pci,netdev=net0,mac={}", spec.mac).into());
+        // The guest agent's port (templates and the VMs restored from them),
+        // and a generation id that changes on every restore (guest kernels
+        // with the vmgenid driver reseed their RNG on it).
+        push_dev(&mut a, "virtio-serial-pci,id=vser0");
+        a.push("-chardev".into());
+        let mut agent = OsString::from("socket,id=agent0,server=on,wait=off,path=");
+        agent.push(escape_commas(&agent_socket(&spec.control_socket)));
+        a.push(agent);
+        push_dev(
+            &mut a,
+            "virtserialport,bus=vser0.0,chardev=agent0,name=org.qemu.guest_agent.0",
+        );
+        push_dev(&mut a, "vmgenid,guid=auto");
         a.push("-chardev".into());
         let mut chardev = OsString::from("file,id=serial0,append=on,path=");
         chardev.push(escape_commas(&spec.console_log));
@@ -135,6 +160,10 @@ impl Qemu {
         // resource changes.
         a.push("-sandbox".into());
         a.push(SANDBOX.into());
+        if spec.restore_from.is_some() {
+            a.push("-incoming".into());
+            a.push(format!("fd:{}", qemu_snapshot::INCOMING_FD).into());
+        }
         a
     }
 
@@ -205,6 +234,11 @@ fn kvm_group() -> Option<u32> {
     std::fs::metadata("/dev/kvm").ok().map(|m| m.gid())
 }
 
+/// The guest agent's socket, beside the control socket.
+fn agent_socket(control_socket: &Path) -> PathBuf {
+    control_socket.with_file_name("agent.sock")
+}
+
 /// The descriptor number QEMU finds the VM's tap at.
 const TAP_FD: i32 = 3;
 
@@ -229,13 +263,28 @@ impl Vmm for Qemu {
         "qemu"
     }
 
+    fn version(&self) -> String {
+        let qemu = self.version.get_or_init(|| {
+            cmd::run("qemu-system-x86_64", &["--version"])
+                .ok()
+                .and_then(|o| o.lines().next().map(str::to_string))
+                .unwrap_or_default()
+        });
+        let accel = match self.kvm.get() {
+            Some(true) => "kvm",
+            Some(false) => "tcg",
+            None => "unprobed",
+        };
+        format!("{qemu}; {accel}")
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             hotplug_drives: true,
             disk_formats: &[DiskFormat::Qcow2, DiskFormat::Raw],
             kernel: KernelFormat::BzImage,
             needs_kvm: false,
-            snapshots: false,
+            snapshots: true,
         }
     }
 
@@ -294,11 +343,23 @@ impl Vmm for Qemu {
             what: format!("creating {}", spec.stderr_log.display()),
             source,
         })?;
-        let tap = super::tap::open(&spec.tap).map_err(|source| VmmError::Io {
-            what: format!("opening tap {}", spec.tap),
-            source,
-        })?;
-        let tap_fd = std::os::fd::AsRawFd::as_raw_fd(&tap);
+        let _ = std::fs::remove_file(agent_socket(&spec.control_socket));
+        let tap = match spec.template {
+            true => None,
+            false => Some(super::tap::open(&spec.tap).map_err(|source| VmmError::Io {
+                what: format!("opening tap {}", spec.tap),
+                source,
+            })?),
+        };
+        let tap_fd = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        let state = match &spec.restore_from {
+            Some(p) => Some(std::fs::File::open(p).map_err(|source| VmmError::Io {
+                what: format!("opening {}", p.display()),
+                source,
+            })?),
+            None => None,
+        };
+        let state_fd = state.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let mut command = self.command(spec);
         command
             .stdin(std::process::Stdio::null())
@@ -309,8 +370,15 @@ impl Vmm for Qemu {
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
                 libc::setsid();
-                if libc::dup2(tap_fd, TAP_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                if let Some(fd) = tap_fd {
+                    if libc::dup2(fd, TAP_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(fd) = state_fd {
+                    if libc::dup2(fd, qemu_snapshot::INCOMING_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -362,6 +430,39 @@ impl Vmm for Qemu {
             return Err(e);
         }
         Ok(())
+    }
+
+    fn pause(&self, control_socket: &Path) -> Result<(), VmmError> {
+        qmp::execute(control_socket, "stop", serde_json::Value::Null).map(drop)
+    }
+
+    fn resume(&self, control_socket: &Path) -> Result<(), VmmError> {
+        qmp::execute(control_socket, "cont", serde_json::Value::Null).map(drop)
+    }
+
+    fn snapshot(&self, control_socket: &Path, dest: &Path) -> Result<(), VmmError> {
+        qemu_snapshot::save(control_socket, dest)
+    }
+
+    fn restore(&self, spec: &LaunchSpec, from: &Path) -> Result<RuntimeHandle, VmmError> {
+        let mut spec = spec.clone();
+        spec.restore_from = Some(from.to_path_buf());
+        let handle = self.launch(&spec)?;
+        if let Err(e) = qemu_snapshot::wait_restored(&spec.control_socket) {
+            let _ = process::signal(handle.pid, libc::SIGKILL);
+            return Err(e);
+        }
+        Ok(handle)
+    }
+
+    fn agent_exec(
+        &self,
+        control_socket: &Path,
+        path: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<qga::AgentOutput, VmmError> {
+        qga::exec(&agent_socket(control_socket), path, args, timeout)
     }
 
     fn detach_drive(&self, control_socket: &Path, id: &str) -> Result<(), VmmError> {
@@ -420,6 +521,8 @@ mod tests {
             control_socket: "/r/control.sock".into(),
             run_as: Some((2_000_000_001, 2_000_000_001)),
             stderr_log: "/r/vmm.stderr".into(),
+            template: false,
+            restore_from: None,
         };
         let qemu = Qemu::new(AccelChoice::Tcg, "/nonexistent/verdict".into());
         assert!(!qemu.probe_pending(), "--accel tcg needs no probe");

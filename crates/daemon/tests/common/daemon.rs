@@ -44,6 +44,7 @@ impl Daemon {
             dns_port: 0,
             socket_group: "banger".into(),
             vmm_uid_base: 2_000_000_000,
+            templates: true,
         };
         let socket = cfg.layout.socket();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

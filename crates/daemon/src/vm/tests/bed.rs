@@ -59,6 +59,7 @@ impl Bed {
                 dns_port: 0,
                 socket_group: "banger".into(),
                 vmm_uid_base: 2_000_000_000,
+                templates: true,
             },
             repo,
         }
@@ -166,6 +167,7 @@ pub fn spec(name: &str, nat: bool) -> VmSpec {
         image: "default".into(),
         nat,
         authorized_keys: Vec::new(),
+        cold: false,
     }
 }
 

@@ -1,0 +1,390 @@
+//! Templates on the service side (see [`crate::template`]): which template
+//! a new VM is restored from, building one in the background after a cold
+//! create, giving a restored VM its own identity, and removing templates
+//! nobody needs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::boot::{CONFIG_SERIAL, ROOT_SERIAL};
+use super::error::{Context, VmError};
+use super::record::VmRecord;
+use super::service::{blocking, VmService, R};
+use crate::disk::Strategy;
+use crate::guest::{configdrive, ssh};
+use crate::image::Manifest;
+use crate::layout::ensure_dir;
+use crate::pathio::FromPathIo;
+use crate::template::{self, Maker, Shape, Template};
+use crate::vmm::{BootDrives, DiskFormat, Drive, LaunchSpec, Vmm};
+
+/// The program in the guest that applies a VM's identity.
+const GUEST_INIT: &str = "/usr/local/sbin/banger-guest-init";
+
+/// How long a restored guest may take to apply its identity.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Marks a template whose restore failed: never used again.
+const BROKEN: &str = "broken";
+
+impl VmService {
+    /// The template `vm` (just recorded, not yet provisioned) can be
+    /// restored from, if templates are on and one of its shape is usable.
+    pub(super) fn template_for(&self, vm: &VmRecord, backend: &dyn Vmm) -> Option<Template> {
+        let shape = self.template_shape(vm, backend)?;
+        let found = template::find(self.layout(), &shape, &self.maker(backend))?;
+        (!found.dir.join(BROKEN).exists()).then_some(found)
+    }
+
+    /// The shape of `vm`, when VMs like it can have templates at all.
+    fn template_shape(&self, vm: &VmRecord, backend: &dyn Vmm) -> Option<Shape> {
+        let image = vm.image_files(self.layout());
+        let ok = self.cfg.templates
+            && backend.capabilities().snapshots
+            // The restored disk is a qcow2 overlay on the template's disk.
+            && vm.disk == Strategy::Qcow2
+            && Manifest::read(&image).is_some_and(|m| m.guest_agent);
+        ok.then(|| Shape {
+            image: vm.image.clone(),
+            image_version: vm.image_version,
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            disk_gib: vm.disk_gib,
+        })
+    }
+
+    fn maker(&self, backend: &dyn Vmm) -> Maker {
+        Maker::current(backend.name(), &backend.version())
+    }
+
+    /// After a cold create: builds the template of `vm`'s shape in the
+    /// background, unless one exists or is being built.
+    pub(super) fn want_template(self: &Arc<Self>, vm: &VmRecord, backend: Arc<dyn Vmm>) {
+        let Some(shape) = self.template_shape(vm, backend.as_ref()) else {
+            return;
+        };
+        if template::find(self.layout(), &shape, &self.maker(backend.as_ref())).is_some() {
+            return;
+        }
+        if !self.templates_wanted_insert(&shape.key()) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _one_at_a_time = this.template_lock.lock().await;
+            let key = shape.key();
+            let maker = this.maker(backend.as_ref());
+            if template::find(this.layout(), &shape, &maker).is_none() {
+                let t = this.clone();
+                let (s, b) = (shape.clone(), backend.clone());
+                match blocking(move || t.build_template(&s, b.as_ref())).await {
+                    Ok(id) => tracing::info!(template = %id, "template built"),
+                    Err(e) => tracing::warn!(template = %key, "template build failed: {e}"),
+                }
+            }
+            this.templates_wanted_remove(&key);
+            this.collect_templates();
+        });
+    }
+
+    fn templates_wanted_insert(&self, key: &str) -> bool {
+        let mut wanted = self
+            .templates_wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        wanted.insert(key.to_string())
+    }
+
+    fn templates_wanted_remove(&self, key: &str) {
+        let mut wanted = self
+            .templates_wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        wanted.remove(key);
+    }
+
+    /// Boots a template of `shape` until sshd runs, saves it, and makes it
+    /// usable; returns its id. Nothing of a failed build stays.
+    fn build_template(&self, shape: &Shape, backend: &dyn Vmm) -> R<String> {
+        let started = Instant::now();
+        let l = self.layout();
+        let id = template::new_id(shape);
+        let dir = template::building_dir(l, &id);
+        let run = l.template_run_dir(&id);
+        let mut handle = None;
+        let made = self.assemble_template(shape, backend, &id, &dir, &run, &mut handle);
+        if let Some(h) = handle {
+            let _ = backend.signal(&h, libc::SIGKILL);
+            let name = template_vm_name(&id);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while backend.is_alive(&h, &name) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&run);
+        let done = made.and_then(|()| {
+            finish_files(&dir)?;
+            let meta = template::Meta {
+                shape: shape.clone(),
+                maker: self.maker(backend),
+                built_at: crate::store::now(),
+                build_seconds: started.elapsed().as_secs_f64(),
+            };
+            template::write_meta(&dir, &meta)
+                .map_err(|e| VmError::Host(FromPathIo::io(&dir, e)))?;
+            let dest = l.template_dir(&id);
+            std::fs::rename(&dir, &dest).map_err(|e| VmError::Host(FromPathIo::io(&dest, e)))
+        });
+        if done.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        done.map(|()| id)
+    }
+
+    fn assemble_template(
+        &self,
+        shape: &Shape,
+        backend: &dyn Vmm,
+        id: &str,
+        dir: &std::path::Path,
+        run: &std::path::Path,
+        handle: &mut Option<crate::vmm::RuntimeHandle>,
+    ) -> R<()> {
+        let l = self.layout();
+        let host_io = |p: &std::path::Path| {
+            let p = p.to_path_buf();
+            move |e| VmError::Host(FromPathIo::io(&p, e))
+        };
+        let templates = l.templates_dir();
+        ensure_dir(&templates, 0o711).map_err(host_io(&templates))?;
+        ensure_dir(dir, 0o711).map_err(host_io(dir))?;
+        ensure_dir(run, 0o700).map_err(host_io(run))?;
+        let image = l.image_version(&shape.image, shape.image_version);
+        let disk = self
+            .host
+            .disk(Strategy::Qcow2)
+            .ok_or_else(|| VmError::HostMissing("qcow2 disks (qemu-img)".into()))?;
+        let root = dir.join(template::DISK);
+        disk.create(&image.rootfs(), &root, shape.disk_gib)
+            .context(|| "creating the template's disk".to_string())?;
+        let host_key = dir.join("host_key");
+        self.host
+            .provision
+            .generate_key(&host_key, "template")
+            .context(|| "generating the template's host key".to_string())?;
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).map_err(|e| VmError::Host(FromPathIo::io(&p, e)))
+        };
+        let identity = configdrive::Identity {
+            hostname: "banger-template".into(),
+            ip: String::new(),
+            mac: String::new(),
+            prefix: self.cfg.subnet.prefix,
+            gateway: self.cfg.subnet.gateway().to_string(),
+            dns: self.cfg.subnet.gateway().to_string(),
+            authorized_key: ssh::public_key(&l.client_key())?,
+            host_key_private: read(host_key.clone())?,
+            host_key_public: read(ssh::pub_path(&host_key))?,
+        };
+        let config = dir.join("config.img");
+        self.host
+            .provision
+            .build_config_drive(&identity, &config)
+            .context(|| "building the template's config drive".to_string())?;
+        let name = template_vm_name(id);
+        let console = dir.join("console.log");
+        std::fs::write(&console, b"").map_err(host_io(&console))?;
+        let spec = LaunchSpec {
+            name: name.clone(),
+            kernel: image.kernel(),
+            initrd: image.initrd(),
+            cmdline: backend.kernel_cmdline(&name),
+            drives: backend.drive_plan(BootDrives {
+                root: Drive {
+                    path: root.clone(),
+                    format: DiskFormat::Qcow2,
+                    readonly: false,
+                    serial: ROOT_SERIAL.into(),
+                },
+                config: Drive {
+                    path: config.clone(),
+                    format: DiskFormat::Raw,
+                    readonly: true,
+                    serial: CONFIG_SERIAL.into(),
+                },
+                workspace: None,
+            }),
+            tap: String::new(),
+            mac: crate::store::AddressPlan::mac(&self.plan(), 0),
+            cpus: shape.cpus,
+            memory_mib: shape.memory_mib,
+            console_log: console.clone(),
+            pid_file: run.join("vmm.pid"),
+            control_socket: run.join("control.sock"),
+            run_as: self.template_vmm_identity(),
+            stderr_log: run.join("vmm.stderr"),
+            template: true,
+            restore_from: None,
+        };
+        if let Some((uid, gid)) = spec.run_as {
+            let paths = vec![run.to_path_buf(), console, root, config];
+            self.host
+                .provision
+                .hand_over(&paths, uid, gid)
+                .context(|| format!("handing the template's files to uid {uid}"))?;
+        }
+        *handle = Some(
+            backend
+                .launch(&spec)
+                .context(|| "booting the template".to_string())?,
+        );
+        let h = handle.expect("just set");
+        // Ready when sshd runs, asked through the guest agent.
+        let deadline = Instant::now() + self.cfg.boot_timeout;
+        let mut last = String::from("no answer yet");
+        loop {
+            if !backend.is_alive(&h, &name) {
+                return Err(VmError::Failed(format!(
+                    "the template VM stopped while booting ({last})"
+                )));
+            }
+            let args = ["is-active", "--quiet", "ssh.service"].map(String::from);
+            match backend.agent_exec(
+                &spec.control_socket,
+                "/bin/systemctl",
+                &args,
+                Duration::from_secs(10),
+            ) {
+                Ok(out) if out.code == 0 => break,
+                Ok(out) => last = format!("ssh.service not active yet ({})", out.code),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Failed(format!(
+                    "the template's sshd did not start in time: {last}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        backend
+            .snapshot(&spec.control_socket, &dir.join(template::STATE))
+            .context(|| "saving the template".to_string())
+    }
+
+    /// The uid the template's VMM runs as: slot 0, which no VM has.
+    fn template_vmm_identity(&self) -> Option<(u32, u32)> {
+        let base = self.cfg.vmm_uid_base;
+        (base != 0).then_some((base, base))
+    }
+
+    /// Gives a VM restored from a template its own identity (through the
+    /// guest agent): time, RNG, machine-id, network, hostname, keys.
+    pub(super) async fn reidentify(&self, vm: &VmRecord, backend: Arc<dyn Vmm>) -> R<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut seed = [0u8; 32];
+        {
+            use std::io::Read;
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut seed))
+                .map_err(|e| {
+                    VmError::Host(FromPathIo::io(std::path::Path::new("/dev/urandom"), e))
+                })?;
+        }
+        let args = vec![
+            "--restored".to_string(),
+            format!("{}.{:09}", now.as_secs(), now.subsec_nanos()),
+            seed.iter().map(|b| format!("{b:02x}")).collect(),
+        ];
+        let ctl = self.layout().vm_control_socket(&vm.name);
+        let out = blocking(move || backend.agent_exec(&ctl, GUEST_INIT, &args, IDENTITY_TIMEOUT))
+            .await
+            .context(|| format!("giving {} its identity", vm.name))?;
+        if out.code != 0 {
+            return Err(VmError::Failed(format!(
+                "giving {} its identity failed (exit {}): {}",
+                vm.name,
+                out.code,
+                out.stderr.lines().last().unwrap_or("no message")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks `vm`'s template unusable after its restore failed.
+    pub(super) fn template_failed(&self, id: &str) {
+        let mark = self.layout().template_dir(id).join(BROKEN);
+        if let Err(e) = std::fs::write(&mark, b"") {
+            tracing::warn!(template = %id, "marking the template broken: {e}");
+        }
+    }
+
+    /// Removes the templates nobody needs: no VM is made over them, and
+    /// they are unusable (another banger, VMM or format, an image version
+    /// that is gone, a failed restore) or superseded.
+    pub fn collect_templates(&self) {
+        let Ok(in_use) = self.store.templates_in_use() else {
+            return;
+        };
+        let l = self.layout();
+        let usable = |t: &Template| {
+            let vmm = self
+                .host
+                .backends
+                .iter()
+                .find(|b| b.name() == t.meta.maker.vmm);
+            vmm.is_some_and(|b| self.maker(b.as_ref()) == t.meta.maker)
+                && l.image_version(&t.meta.shape.image, t.meta.shape.image_version)
+                    .exists()
+                && !t.dir.join(BROKEN).exists()
+        };
+        for t in template::unneeded(&template::list(l), &in_use, usable) {
+            match std::fs::remove_dir_all(&t.dir) {
+                Ok(()) => tracing::info!(template = %t.id, "removed a template nobody needs"),
+                Err(e) => tracing::warn!(template = %t.id, "removing the template: {e}"),
+            }
+        }
+    }
+
+    /// At start: half-built templates, their VMMs and run directories go.
+    pub fn clean_unfinished_templates(&self) {
+        for pid in
+            crate::vmm::process::tagged_with_prefix(&crate::vmm::process_tag(TEMPLATE_PREFIX))
+        {
+            tracing::info!(pid, "stopping the VMM of an unfinished template build");
+            let _ = crate::vmm::process::signal(pid, libc::SIGKILL);
+        }
+        for dir in template::unfinished(self.layout()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let _ = std::fs::remove_dir_all(self.layout().run_dir.join("templates"));
+    }
+}
+
+/// Template VMs are named apart from VMs (a VM name has no dot).
+const TEMPLATE_PREFIX: &str = ".tpl-";
+
+fn template_vm_name(id: &str) -> String {
+    format!("{TEMPLATE_PREFIX}{id}")
+}
+
+/// A built template's files: the disk root's and readable by every VMM
+/// (restored VMs read it as their backing file); what only the build
+/// needed goes.
+fn finish_files(dir: &std::path::Path) -> R<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let disk = dir.join(template::DISK);
+    // SAFETY: geteuid has no side effects.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&disk, Some(0), Some(0))
+            .map_err(|e| VmError::Host(FromPathIo::io(&disk, e)))?;
+    }
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| VmError::Host(FromPathIo::io(&disk, e)))?;
+    for f in ["config.img", "host_key", "host_key.pub", "console.log"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    Ok(())
+}
