@@ -124,6 +124,10 @@ pub struct ImageInfo {
     /// until the last of them is deleted.
     #[serde(default)]
     pub used_by: Vec<String>,
+    /// The templates of this version new VMs are restored from, by shape
+    /// (`2c-1024m-4g`: vCPUs, memory in MiB, disk in GiB).
+    #[serde(default)]
+    pub templates: Vec<String>,
 }
 
 /// Where an operation stands.

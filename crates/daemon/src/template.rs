@@ -20,6 +20,8 @@ pub const DISK: &str = "disk.qcow2";
 /// The saved device and memory state.
 pub const STATE: &str = "state";
 const META: &str = "meta.json";
+/// Marks a template whose restore failed: never used again.
+pub const BROKEN: &str = "broken";
 const BUILDING: &str = ".building-";
 
 /// Bumped when the way a template is made, or the way a restored VM takes
@@ -123,7 +125,7 @@ pub fn find(layout: &Layout, shape: &Shape, maker: &Maker) -> Option<Template> {
     list(layout)
         .into_iter()
         .rev()
-        .find(|t| &t.meta.shape == shape && &t.meta.maker == maker)
+        .find(|t| &t.meta.shape == shape && &t.meta.maker == maker && !t.dir.join(BROKEN).exists())
 }
 
 /// A new template's id (its directory name).

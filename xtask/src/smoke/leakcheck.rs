@@ -145,8 +145,21 @@ pub fn check(env: &Env, strict: bool) -> anyhow::Result<Vec<String>> {
     let known = |n: &String| vms.contains_key(n);
     let mut leaks = Vec::new();
     let procs = vmm_processes(env);
+    // A template build's VMM (`.tpl-ID`) runs beside the VMs; at the end
+    // none may still run, nor leave a half-built template.
     for n in procs.iter().filter(|n| !known(n)) {
-        leaks.push(format!("VMM process of {n}"));
+        match n.starts_with(".tpl-") {
+            false => leaks.push(format!("VMM process of {n}")),
+            true if strict => leaks.push(format!("template build {n} still running")),
+            true => {}
+        }
+    }
+    if strict {
+        for d in dir_names(&env.state_dir.join("templates")) {
+            if d.starts_with('.') {
+                leaks.push(format!("half-built template {d}"));
+            }
+        }
     }
     let stored_taps: BTreeMap<&str, &Stored> = vms.values().map(|v| (v.tap.as_str(), v)).collect();
     for t in taps(env) {

@@ -32,6 +32,7 @@
 mod env;
 mod leakcheck;
 mod scenarios;
+mod templates;
 mod trust;
 
 use std::cell::RefCell;

@@ -8,12 +8,17 @@ use anyhow::{ensure, Context};
 use serde_json::Value;
 
 use super::env::VmSpec;
-use super::{note, trust, Env, Outcome, Scenario};
+use super::{note, templates, trust, Env, Outcome, Scenario};
 
 pub const ALL: &[Scenario] = &[
     Scenario::first("daemon up", daemon_up),
     Scenario::first("image build", image_build),
     Scenario::first("bad input is refused without side effects", bad_input),
+    // Later VMs of the smoke shape are restored from it.
+    Scenario::first(
+        "a template is built after the first cold create",
+        templates::built_after_a_cold_create,
+    ),
     Scenario::together("vm create", create).makes(&[A]),
     Scenario::together("vm list and show", list_show).vms(&[&SHARED]),
     Scenario::together("vm ssh: strict pinned host key, exit code passes", ssh).vms(&[&SHARED]),
@@ -74,6 +79,11 @@ pub const ALL: &[Scenario] = &[
     )
     .makes(&["smoke-hog"])
     .early(),
+    Scenario::together(
+        "restored VMs are each their own machine, side by side",
+        templates::restored_vms_are_their_own,
+    )
+    .makes(&["smoke-clone1", "smoke-clone2"]),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
 ];
@@ -937,10 +947,11 @@ mod tests {
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
-    const NAMES: [&str; 26] = [
+    const NAMES: [&str; 28] = [
         "daemon up",
         "image build",
         "bad input is refused without side effects",
+        "a template is built after the first cold create",
         "vm create",
         "vm list and show",
         "vm ssh: strict pinned host key, exit code passes",
@@ -963,6 +974,7 @@ mod tests {
         "guests reach only DNS of the host, and each other",
         "a group member uses their own VMs, and only those",
         "a guest cannot hold the daemon: 100 MB export streams, kill wins over a hung one",
+        "restored VMs are each their own machine, side by side",
         "vm delete leaves nothing behind",
     ];
 

@@ -45,7 +45,14 @@ pub fn run(cmd: ImageCommand, socket: &Path) -> anyhow::Result<i32> {
                 let rows: Vec<Vec<String>> = images.iter().map(row).collect();
                 output::table(
                     &[
-                        "NAME", "VERSION", "KERNEL", "ROOTFS", "BUILT", "USED BY", "PATH",
+                        "NAME",
+                        "VERSION",
+                        "KERNEL",
+                        "ROOTFS",
+                        "BUILT",
+                        "USED BY",
+                        "TEMPLATES",
+                        "PATH",
                     ],
                     &rows,
                 );
@@ -72,6 +79,11 @@ fn row(i: &ImageInfo) -> Vec<String> {
     } else {
         i.used_by.join(",")
     };
+    let templates = if i.templates.is_empty() {
+        "-".to_string()
+    } else {
+        i.templates.join(",")
+    };
     vec![
         i.name.clone(),
         version,
@@ -79,6 +91,7 @@ fn row(i: &ImageInfo) -> Vec<String> {
         format!("{}M", i.rootfs_bytes >> 20),
         output::age(i.built_at),
         users,
+        templates,
         i.path.clone(),
     ]
 }
@@ -98,6 +111,7 @@ mod tests {
             version: 2,
             current: true,
             used_by: vec!["a".into(), "b".into()],
+            templates: Vec::new(),
         };
         let r = row(&i);
         assert_eq!((r[1].as_str(), r[5].as_str()), ("2 (current)", "a,b"));

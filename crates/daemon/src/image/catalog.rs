@@ -105,6 +105,7 @@ pub fn info(layout: &Layout, name: &str, version: u32, current: Option<u32>) -> 
         version,
         current: current == Some(version),
         used_by: Vec::new(),
+        templates: Vec::new(),
     })
 }
 

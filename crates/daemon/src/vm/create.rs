@@ -193,6 +193,7 @@ impl VmService {
         let mut vm = self.record(&vm.name)?;
         self.store.set_template(&vm.name, None)?;
         vm.template = None;
+        self.collect_templates();
         let (this, cold) = (self.clone(), vm.clone());
         blocking(move || this.remake_disk(&cold)).await?;
         self.boot(op, vm, 50).await

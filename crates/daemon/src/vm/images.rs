@@ -160,10 +160,17 @@ impl VmService {
             }
         }
         let mut images = catalog::list(self.layout())?;
+        let templates = crate::template::list(self.layout());
         for img in &mut images {
             img.used_by = users
                 .remove(&(img.name.clone(), img.version))
                 .unwrap_or_default();
+            img.templates = templates
+                .iter()
+                .map(|t| &t.meta.shape)
+                .filter(|s| s.image == img.name && s.image_version == img.version)
+                .map(|s| format!("{}c-{}m-{}g", s.cpus, s.memory_mib, s.disk_gib))
+                .collect();
         }
         Ok(images)
     }

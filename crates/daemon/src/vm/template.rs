@@ -25,16 +25,12 @@ const GUEST_INIT: &str = "/usr/local/sbin/banger-guest-init";
 /// How long a restored guest may take to apply its identity.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Marks a template whose restore failed: never used again.
-const BROKEN: &str = "broken";
-
 impl VmService {
     /// The template `vm` (just recorded, not yet provisioned) can be
     /// restored from, if templates are on and one of its shape is usable.
     pub(super) fn template_for(&self, vm: &VmRecord, backend: &dyn Vmm) -> Option<Template> {
         let shape = self.template_shape(vm, backend)?;
-        let found = template::find(self.layout(), &shape, &self.maker(backend))?;
-        (!found.dir.join(BROKEN).exists()).then_some(found)
+        template::find(self.layout(), &shape, &self.maker(backend))
     }
 
     /// The shape of `vm`, when VMs like it can have templates at all.
@@ -315,7 +311,7 @@ impl VmService {
 
     /// Marks `vm`'s template unusable after its restore failed.
     pub(super) fn template_failed(&self, id: &str) {
-        let mark = self.layout().template_dir(id).join(BROKEN);
+        let mark = self.layout().template_dir(id).join(template::BROKEN);
         if let Err(e) = std::fs::write(&mark, b"") {
             tracing::warn!(template = %id, "marking the template broken: {e}");
         }
@@ -338,7 +334,7 @@ impl VmService {
             vmm.is_some_and(|b| self.maker(b.as_ref()) == t.meta.maker)
                 && l.image_version(&t.meta.shape.image, t.meta.shape.image_version)
                     .exists()
-                && !t.dir.join(BROKEN).exists()
+                && !t.dir.join(template::BROKEN).exists()
         };
         for t in template::unneeded(&template::list(l), &in_use, usable) {
             match std::fs::remove_dir_all(&t.dir) {
