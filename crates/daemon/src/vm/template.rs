@@ -155,6 +155,10 @@ impl VmService {
         let templates = l.templates_dir();
         ensure_dir(&templates, 0o711).map_err(host_io(&templates))?;
         ensure_dir(dir, 0o711).map_err(host_io(dir))?;
+        // The VMM's uid passes through to its own run directory.
+        if let Some(parent) = run.parent() {
+            ensure_dir(parent, 0o711).map_err(host_io(parent))?;
+        }
         ensure_dir(run, 0o700).map_err(host_io(run))?;
         let image = l.image_version(&shape.image, shape.image_version);
         let disk = self

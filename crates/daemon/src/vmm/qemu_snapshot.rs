@@ -107,15 +107,22 @@ fn migrate(control_socket: &Path, sock: &Path) -> Result<(), VmmError> {
     }
 }
 
-/// Waits until a QEMU started with `-incoming` has loaded its state and
-/// runs (QEMU starts the VM by itself once the state is in).
+/// Waits until a QEMU started with `-incoming` has loaded its state, then
+/// runs the VM (the state was saved paused, so QEMU keeps it paused).
 pub fn wait_restored(control_socket: &Path) -> Result<(), VmmError> {
     let deadline = Instant::now() + MIGRATION_TIMEOUT;
     loop {
         let status = qmp::execute(control_socket, "query-status", serde_json::Value::Null)?;
         match status["status"].as_str().unwrap_or("") {
             "running" => return Ok(()),
-            "inmigrate" | "prelaunch" | "restore-vm" | "paused" => {}
+            "paused" => {
+                let migration =
+                    qmp::execute(control_socket, "query-migrate", serde_json::Value::Null)?;
+                if migration["status"] == "completed" {
+                    qmp::execute(control_socket, "cont", serde_json::Value::Null)?;
+                }
+            }
+            "inmigrate" | "prelaunch" | "restore-vm" => {}
             other => {
                 let migration =
                     qmp::execute(control_socket, "query-migrate", serde_json::Value::Null)
