@@ -55,6 +55,10 @@ pub struct VmSpec {
     /// caller's own key, so it can `ssh NAME.vm` itself).
     #[serde(default)]
     pub authorized_keys: Vec<String>,
+    /// `--disk-strategy` for this VM (`auto`, `qcow2`, `dm-snapshot`,
+    /// `reflink`, `copy`); none: the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_strategy: Option<String>,
 }
 
 /// A VM as `vm show --json` prints it.

@@ -30,6 +30,10 @@ pub enum VmCommand {
         disk: u32,
         #[arg(long, default_value = "default")]
         image: String,
+        /// How the root disk is made: auto, qcow2, dm-snapshot, reflink or
+        /// copy (default: the daemon's --disk-strategy).
+        #[arg(long)]
+        disk_strategy: Option<String>,
     },
     /// Boot a stopped VM.
     Start { name: String },
@@ -100,6 +104,7 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
             memory,
             disk,
             image,
+            disk_strategy,
         } => {
             validate_vm_name(&name)?;
             // Not root: the guest also authorizes this user's own key.
@@ -116,6 +121,7 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 image,
                 nat,
                 authorized_keys,
+                disk_strategy,
             };
             let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
             if !useraccess::is_root() {

@@ -204,6 +204,7 @@ mod tests {
             image: "default".into(),
             nat: false,
             authorized_keys: Vec::new(),
+            disk_strategy: None,
         };
         VmRecord::draft(&spec, "qemu", Strategy::Qcow2, 1000)
     }

@@ -73,6 +73,7 @@ mod tests {
             image: "default".into(),
             nat: false,
             authorized_keys: Vec::new(),
+            disk_strategy: None,
         };
         VmRecord {
             state,

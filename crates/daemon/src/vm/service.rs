@@ -44,6 +44,11 @@ pub struct Config {
     /// VMMs run as uid (and gid) `vmm_uid_base + slot`, one per VM; 0 runs
     /// them as the daemon's user.
     pub vmm_uid_base: u32,
+    /// `--disk-strategy`: how new VMs' root disks are made unless
+    /// `vm create` says.
+    pub disk_strategy: crate::disk::DiskChoice,
+    /// `--firecracker-bin` and `--jailer-bin`.
+    pub firecracker: crate::vmm::firecracker::FirecrackerConfig,
 }
 
 pub struct VmService {
@@ -295,8 +300,15 @@ impl VmService {
         let disk = self.host.disk(vm.disk);
         let disk_path = self.layout().vm_disk(&vm.name, vm.disk);
         let name = vm.name.clone();
+        let backend = self.host.backend(&vm.backend);
         blocking(move || {
             let mut first: Option<VmError> = None;
+            if let Some(b) = backend {
+                if let Err(e) = b.release(&name) {
+                    tracing::warn!(vm = %name, "releasing the VMM's resources: {e}");
+                    first.get_or_insert(VmError::from(e));
+                }
+            }
             if let Err(e) = std::fs::remove_dir_all(&run_dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(vm = %name, "removing {}: {e}", run_dir.display());

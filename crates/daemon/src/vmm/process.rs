@@ -47,7 +47,8 @@ pub fn is_vm_process(pid: u32, name: &str) -> bool {
     })
 }
 
-fn is_zombie(pid: u32) -> bool {
+/// True when `pid` is gone or a zombie (dead, not yet reaped).
+pub fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {

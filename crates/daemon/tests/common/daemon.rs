@@ -44,6 +44,8 @@ impl Daemon {
             dns_port: 0,
             socket_group: "banger".into(),
             vmm_uid_base: 2_000_000_000,
+            disk_strategy: Default::default(),
+            firecracker: Default::default(),
         };
         let socket = cfg.layout.socket();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

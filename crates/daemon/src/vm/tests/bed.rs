@@ -59,6 +59,8 @@ impl Bed {
                 dns_port: 0,
                 socket_group: "banger".into(),
                 vmm_uid_base: 2_000_000_000,
+                disk_strategy: Default::default(),
+                firecracker: Default::default(),
             },
             repo,
         }
@@ -166,6 +168,7 @@ pub fn spec(name: &str, nat: bool) -> VmSpec {
         image: "default".into(),
         nat,
         authorized_keys: Vec::new(),
+        disk_strategy: None,
     }
 }
 
