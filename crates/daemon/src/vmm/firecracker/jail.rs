@@ -136,12 +136,6 @@ fn make_block_node(path: &Path, rdev: u64) -> Result<(), VmmError> {
     Ok(())
 }
 
-/// The jail whose socket `control` links to, if the VM runs jailed.
-pub fn root_of(control: &Path) -> Option<PathBuf> {
-    let target = std::fs::read_link(control).ok()?;
-    target.parent().map(Path::to_path_buf)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -235,18 +235,18 @@ impl Firecracker {
         Some(self.layout.vm_dir(name).join(PLACEHOLDER))
     }
 
+    /// The jail of the running VM whose control socket is `control`
+    /// (`RUN/vms/NAME/control.sock`), when VMs run jailed.
+    fn jail_of(&self, control: &Path) -> Option<Jail> {
+        let name = control.parent()?.file_name()?.to_str()?;
+        let bin = self.binary().unwrap_or_else(|| "firecracker".into());
+        self.jail(name, &bin, Some((0, 0)))
+    }
+
     /// Points slot `id` at `host`: exposed in the jail first when jailed.
     fn swap(&self, control: &Path, id: &str, host: &Path) -> Result<(), VmmError> {
-        let path = match jail::root_of(control) {
-            Some(root) => {
-                let j = Jail {
-                    base: root.clone(),
-                    root,
-                    uid: 0,
-                    gid: 0,
-                };
-                j.expose(host, &format!("drive-{id}"))?
-            }
+        let path = match self.jail_of(control) {
+            Some(j) => j.expose(host, &format!("drive-{id}"))?,
             None => host.to_path_buf(),
         };
         api::swap_drive(control, id, &path)
@@ -561,9 +561,9 @@ impl Vmm for Firecracker {
         std::fs::create_dir_all(dest).map_err(io(format!("creating {}", dest.display())))?;
         api::vm_state(control_socket, "Paused")?;
         let (state, memory) = snapshot_files(dest);
-        match jail::root_of(control_socket) {
+        match self.jail_of(control_socket) {
             None => api::snapshot_create(control_socket, &state, &memory),
-            Some(root) => {
+            Some(Jail { root, .. }) => {
                 // Written inside the chroot, then moved out (one filesystem).
                 api::snapshot_create(control_socket, Path::new("/vmstate"), Path::new("/memory"))?;
                 for (inside, out) in [("vmstate", &state), ("memory", &memory)] {
