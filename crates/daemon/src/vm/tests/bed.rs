@@ -27,6 +27,13 @@ pub struct Bed {
 }
 
 impl Bed {
+    /// A bed whose disks play `strategy` (see `host::fake::FakeDisk`).
+    pub fn with_disk(strategy: crate::disk::Strategy) -> Bed {
+        let bed = Bed::new();
+        bed.world.use_disk(strategy);
+        bed
+    }
+
     pub fn new() -> Bed {
         let dir = tempfile::tempdir().expect("tempdir");
         let layout = Layout::new(dir.path().join("state"), dir.path().join("run"), None);
@@ -143,6 +150,17 @@ impl Bed {
                 if !find(&name).is_some_and(ok) {
                     leaks.push(format!("directory {}", e.path().display()));
                 }
+            }
+        }
+        for dev in self.world.devices() {
+            let owner = dev
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match find(&owner) {
+                Some(v) if tolerant(v) || v.state == VmState::Running => {}
+                _ => leaks.push(format!("disk device of {owner} ({})", dev.display())),
             }
         }
         let known = std::fs::read_to_string(l.known_hosts()).unwrap_or_default();
