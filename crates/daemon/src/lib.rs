@@ -127,7 +127,9 @@ pub fn check_vmm_choice(cfg: &Config) -> Result<(), String> {
     };
     let backends = vmm::system_backends(cfg);
     let Some(backend) = backends.iter().find(|b| b.name() == name) else {
-        return Err(format!("--vmm {name}: not part of this build; use --vmm auto"));
+        return Err(format!(
+            "--vmm {name}: not part of this build; use --vmm auto"
+        ));
     };
     match backend.unusable_reason() {
         Some(why) => Err(format!("--vmm {name}: {why}")),

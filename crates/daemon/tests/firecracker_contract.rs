@@ -91,7 +91,12 @@ fn bed(contract: &Arc<Contract>, broken: bool) -> Bed {
         run_as: None,
         stderr_log: layout.vm_stderr_log("dev"),
     };
-    Bed { dir, fc, backend, spec }
+    Bed {
+        dir,
+        fc,
+        backend,
+        spec,
+    }
 }
 
 impl Bed {
@@ -157,7 +162,10 @@ fn the_swagger_file_is_read_whole() {
     assert_eq!(params, [("drive_id".to_string(), "workspace".to_string())]);
     assert_eq!(c.success(&m), 204);
     let bad = serde_json::json!({"drive_id": "workspace", "path_on_host": 7});
-    assert!(c.check_body(&m, &params, Some(&bad)).unwrap_err().contains("not of type string"));
+    assert!(c
+        .check_body(&m, &params, Some(&bad))
+        .unwrap_err()
+        .contains("not of type string"));
     let (m, p) = c.find("PUT", "/actions").unwrap();
     let e = c
         .check_body(&m, &p, Some(&serde_json::json!({"action_type": "Reboot"})))
@@ -178,21 +186,37 @@ fn create_stop_and_restart_follow_the_contract() {
     assert_eq!(lines[..9], BOOT_CALLS[..9], "{lines:#?}");
     let calls = b.fc.calls();
     let boot = calls.iter().find(|c| c.path == "/boot-source").unwrap();
-    let args = boot.body.as_ref().unwrap()["boot_args"].as_str().unwrap().to_string();
+    let args = boot.body.as_ref().unwrap()["boot_args"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(args.contains("banger.drive.banger-ws=/dev/vdc"), "{args}");
-    assert!(args.contains("banger.drive.banger-ws-import=/dev/vdd"), "{args}");
+    assert!(
+        args.contains("banger.drive.banger-ws-import=/dev/vdd"),
+        "{args}"
+    );
     let root = b.fc.drive("root").unwrap();
     assert_eq!(root["is_root_device"], true);
     assert_eq!(root["is_read_only"], false);
     let slot = b.fc.drive("workspace").unwrap();
     assert_eq!(slot["is_read_only"], true);
     assert_eq!(slot["path_on_host"], b.placeholder().display().to_string());
-    assert_eq!(std::fs::metadata(b.placeholder()).unwrap().len(), 512, "one sector");
-    let net = calls.iter().find(|c| c.path == "/network-interfaces/eth0").unwrap();
+    assert_eq!(
+        std::fs::metadata(b.placeholder()).unwrap().len(),
+        512,
+        "one sector"
+    );
+    let net = calls
+        .iter()
+        .find(|c| c.path == "/network-interfaces/eth0")
+        .unwrap();
     assert_eq!(net.body.as_ref().unwrap()["host_dev_name"], "banger-tap1");
     // Stop: Ctrl-Alt-Del, and the guest's reboot ends Firecracker.
     b.backend.request_shutdown(b.control()).unwrap();
-    assert!(wait_gone(&b.backend, &handle), "Firecracker outlived Ctrl-Alt-Del");
+    assert!(
+        wait_gone(&b.backend, &handle),
+        "Firecracker outlived Ctrl-Alt-Del"
+    );
     b.backend.release("dev").unwrap();
     // Restart: a new process, configured from scratch.
     b.fc.clear_calls();
@@ -210,7 +234,10 @@ fn kill_ends_the_process() {
     let b = bed(&c, false);
     let handle = b.backend.launch(&b.spec).unwrap();
     b.backend.signal(&handle, libc::SIGTERM).unwrap();
-    assert!(wait_gone(&b.backend, &handle), "the VMM outlived the signal");
+    assert!(
+        wait_gone(&b.backend, &handle),
+        "the VMM outlived the signal"
+    );
     b.backend.signal(&handle, libc::SIGKILL).unwrap(); // gone is success
     b.assert_clean();
 }
@@ -223,9 +250,16 @@ fn the_workspace_slot_is_swapped_in_and_out() {
     let image = b.dir.path().join("state/vms/dev/workspace.img");
     std::fs::write(&image, b"repo").unwrap();
     b.backend
-        .attach_drive(b.control(), "workspace", &drive(image.clone(), true, "banger-ws"))
+        .attach_drive(
+            b.control(),
+            "workspace",
+            &drive(image.clone(), true, "banger-ws"),
+        )
         .unwrap();
-    assert_eq!(b.fc.drive("workspace").unwrap()["path_on_host"], image.display().to_string());
+    assert_eq!(
+        b.fc.drive("workspace").unwrap()["path_on_host"],
+        image.display().to_string()
+    );
     b.backend.detach_drive(b.control(), "workspace").unwrap();
     assert_eq!(
         b.fc.drive("workspace").unwrap()["path_on_host"],
@@ -234,10 +268,17 @@ fn the_workspace_slot_is_swapped_in_and_out() {
     b.fc.fail("PATCH", "/drives/import", 400);
     let e = b
         .backend
-        .attach_drive(b.control(), "import", &drive(image, true, "banger-ws-import"))
+        .attach_drive(
+            b.control(),
+            "import",
+            &drive(image, true, "banger-ws-import"),
+        )
         .unwrap_err()
         .to_string();
-    assert_eq!(e, "VMM control channel: Firecracker refused PATCH /drives/import (400): injected failure");
+    assert_eq!(
+        e,
+        "VMM control channel: Firecracker refused PATCH /drives/import (400): injected failure"
+    );
     b.backend.signal(&handle, libc::SIGKILL).unwrap();
     assert!(wait_gone(&b.backend, &handle));
     b.assert_clean();
@@ -273,10 +314,17 @@ fn snapshot_then_restore_into_a_new_process() {
             "PATCH /vm"
         ]
     );
-    let load = b.fc.calls().into_iter().find(|c| c.path == "/snapshot/load").unwrap();
+    let load =
+        b.fc.calls()
+            .into_iter()
+            .find(|c| c.path == "/snapshot/load")
+            .unwrap();
     let body = load.body.unwrap();
     assert_eq!(body["network_overrides"][0]["host_dev_name"], "banger-tap1");
-    assert_eq!(b.fc.drive("root").unwrap()["path_on_host"], new_root.display().to_string());
+    assert_eq!(
+        b.fc.drive("root").unwrap()["path_on_host"],
+        new_root.display().to_string()
+    );
     assert!(!b.fc.is_paused(), "restored VMs run");
     b.backend.signal(&restored, libc::SIGKILL).unwrap();
     assert!(wait_gone(&b.backend, &restored));
@@ -288,7 +336,12 @@ fn snapshot_then_restore_into_a_new_process() {
 #[test]
 fn every_failed_call_is_a_clear_error_and_leaves_no_process() {
     let Some(c) = contract() else { return };
-    let restore_calls = ["PUT /logger", "PUT /snapshot/load", "PATCH /drives/root", "PATCH /vm"];
+    let restore_calls = [
+        "PUT /logger",
+        "PUT /snapshot/load",
+        "PATCH /drives/root",
+        "PATCH /vm",
+    ];
     for (restore, call) in BOOT_CALLS[..9]
         .iter()
         .map(|c| (false, *c))
@@ -323,10 +376,21 @@ fn every_failed_call_is_a_clear_error_and_leaves_no_process() {
     let b = bed(&c, false);
     let h = b.backend.launch(&b.spec).unwrap();
     b.fc.fail("PUT", "/actions", 400);
-    let e = b.backend.request_shutdown(b.control()).unwrap_err().to_string();
-    assert!(e.contains("refused PUT /actions (400): injected failure"), "{e}");
+    let e = b
+        .backend
+        .request_shutdown(b.control())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("refused PUT /actions (400): injected failure"),
+        "{e}"
+    );
     b.fc.fail("PUT", "/snapshot/create", 400);
-    let e = b.backend.snapshot(b.control(), &b.dir.path().join("s")).unwrap_err().to_string();
+    let e = b
+        .backend
+        .snapshot(b.control(), &b.dir.path().join("s"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("refused PUT /snapshot/create (400)"), "{e}");
     assert!(b.backend.is_alive(&h, "dev"));
     b.backend.signal(&h, libc::SIGKILL).unwrap();
@@ -345,4 +409,3 @@ fn a_firecracker_that_cannot_start_says_why() {
     );
     assert!(b.fc.calls().is_empty());
 }
-

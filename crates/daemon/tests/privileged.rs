@@ -107,11 +107,16 @@ impl XfsMount {
             .unwrap()
             .set_len(512 << 20)
             .unwrap();
-        bangerd::cmd::run("mkfs.xfs", &["-q", "-m", "reflink=1", backing.to_str().unwrap()]).unwrap();
-        let loop_dev = bangerd::cmd::run("losetup", &["--find", "--show", backing.to_str().unwrap()])
-            .unwrap()
-            .trim()
-            .to_string();
+        bangerd::cmd::run(
+            "mkfs.xfs",
+            &["-q", "-m", "reflink=1", backing.to_str().unwrap()],
+        )
+        .unwrap();
+        let loop_dev =
+            bangerd::cmd::run("losetup", &["--find", "--show", backing.to_str().unwrap()])
+                .unwrap()
+                .trim()
+                .to_string();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         bangerd::cmd::run("mount", &[loop_dev.as_str(), mnt.to_str().unwrap()]).unwrap();
@@ -143,7 +148,10 @@ fn reflink_clones_share_blocks_on_xfs_and_go_without_trace() {
     }
     let fs = XfsMount::make();
     let dir = fs.mnt();
-    assert!(reflink::supported_in(&dir), "XFS with reflink=1 must support FICLONE");
+    assert!(
+        reflink::supported_in(&dir),
+        "XFS with reflink=1 must support FICLONE"
+    );
     assert!(Reflink.available(&dir));
     let leftovers = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(leftovers, 0, "the probe left files");
@@ -158,8 +166,15 @@ fn reflink_clones_share_blocks_on_xfs_and_go_without_trace() {
     let started = std::time::Instant::now();
     Reflink.create(&base, &dest, 1).unwrap();
     let took = started.elapsed();
-    assert!(took < std::time::Duration::from_secs(2), "a clone took {took:?}");
-    assert_eq!(std::fs::metadata(&dest).unwrap().len(), 1 << 30, "grown to the disk size");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "a clone took {took:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().len(),
+        1 << 30,
+        "grown to the disk size"
+    );
     let mut head = vec![0u8; data.len()];
     std::io::Read::read_exact(&mut std::fs::File::open(&dest).unwrap(), &mut head).unwrap();
     assert_eq!(head, data, "the clone reads as the image");
@@ -167,20 +182,30 @@ fn reflink_clones_share_blocks_on_xfs_and_go_without_trace() {
     let after = bangerd::cmd::run("df", &["--output=used", "-B1", dir.to_str().unwrap()]).unwrap();
     let used = |s: &str| -> u64 { s.lines().nth(1).unwrap().trim().parse().unwrap() };
     let grew = used(&after).saturating_sub(used(&before));
-    assert!(grew < 8 << 20, "the clone copied blocks ({grew} bytes more)");
+    assert!(
+        grew < 8 << 20,
+        "the clone copied blocks ({grew} bytes more)"
+    );
     // Writing to the clone leaves the image as it was.
     let mut f = std::fs::OpenOptions::new().write(true).open(&dest).unwrap();
     std::io::Write::write_all(&mut f, b"changed").unwrap();
     drop(f);
     assert_eq!(std::fs::read(&base).unwrap()[..7], data[..7]);
-    assert!(Reflink.create(&base, &dest, 1).is_err(), "replaced an existing disk");
+    assert!(
+        Reflink.create(&base, &dest, 1).is_err(),
+        "replaced an existing disk"
+    );
     // Stop (deactivate) keeps the disk; delete removes it, twice is fine.
     assert_eq!(Reflink.activate(&base, &dest).unwrap(), dest);
     Reflink.deactivate(&dest).unwrap();
     assert!(dest.exists());
     Reflink.remove(&dest).unwrap();
     Reflink.remove(&dest).unwrap();
-    assert_eq!(std::fs::read_dir(&vm).unwrap().count(), 0, "delete left files");
+    assert_eq!(
+        std::fs::read_dir(&vm).unwrap().count(),
+        0,
+        "delete left files"
+    );
 }
 
 #[test]
@@ -205,20 +230,33 @@ fn dm_snapshot_disks_are_made_and_removed_where_device_mapper_exists() {
     let dev = dm.activate(&base, &dest).unwrap();
     let mut head = vec![0u8; 4096];
     std::io::Read::read_exact(&mut std::fs::File::open(&dev).unwrap(), &mut head).unwrap();
-    assert!(head.iter().all(|b| *b == 7), "the snapshot reads as the image");
+    assert!(
+        head.iter().all(|b| *b == 7),
+        "the snapshot reads as the image"
+    );
     let mut f = std::fs::OpenOptions::new().write(true).open(&dev).unwrap();
     std::io::Write::write_all(&mut f, b"changed").unwrap();
     drop(f);
     dm.deactivate(&dest).unwrap();
     assert!(!dev.exists(), "stop left the device");
     let loops = bangerd::cmd::run("losetup", &["--list", "--noheadings"]).unwrap();
-    assert!(!loops.contains(dir.path().to_str().unwrap()), "loops left: {loops}");
+    assert!(
+        !loops.contains(dir.path().to_str().unwrap()),
+        "loops left: {loops}"
+    );
     // Started again (as after a host reboot): the change is still there.
     let dev = dm.activate(&base, &dest).unwrap();
     let mut head = vec![0u8; 7];
     std::io::Read::read_exact(&mut std::fs::File::open(&dev).unwrap(), &mut head).unwrap();
     assert_eq!(&head, b"changed");
-    assert_eq!(std::fs::read(&base).unwrap()[..7], [7u8; 7], "the image changed");
+    assert_eq!(
+        std::fs::read(&base).unwrap()[..7],
+        [7u8; 7],
+        "the image changed"
+    );
     dm.remove(&dest).unwrap();
-    assert!(!dev.exists() && !dest.exists(), "delete left the device or the COW file");
+    assert!(
+        !dev.exists() && !dest.exists(),
+        "delete left the device or the COW file"
+    );
 }

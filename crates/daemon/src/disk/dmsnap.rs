@@ -97,7 +97,7 @@ impl DmNames {
 /// a guest that rewrites every block never overflows it. Sparse: only
 /// what the guest writes takes space.
 pub fn cow_len(size_gib: u32) -> u64 {
-    u64::from(size_gib) * 65 << 24
+    (u64::from(size_gib) * 65) << 24
 }
 
 /// The disk size, in 512-byte sectors, a COW file of `len` bytes serves.
@@ -364,9 +364,7 @@ mod tests {
             }
             let mut existing = self.existing.lock().unwrap();
             match args.first().and_then(|a| a.to_str()) {
-                Some("info") if !existing.iter().any(|n| line.ends_with(n.as_str())) => {
-                    Err(fail())
-                }
+                Some("info") if !existing.iter().any(|n| line.ends_with(n.as_str())) => Err(fail()),
                 Some("create") => {
                     existing.push(args[1].to_string_lossy().into_owned());
                     Ok(String::new())
@@ -399,7 +397,10 @@ mod tests {
             origin_table("/dev/loop3", 100, 300),
             "0 100 linear /dev/loop3 0\n100 200 zero"
         );
-        assert_eq!(origin_table("/dev/loop3", 300, 300), "0 300 linear /dev/loop3 0");
+        assert_eq!(
+            origin_table("/dev/loop3", 300, 300),
+            "0 300 linear /dev/loop3 0"
+        );
         assert_eq!(
             snapshot_table("/dev/mapper/o", "/dev/loop4", 300),
             "0 300 snapshot /dev/mapper/o /dev/loop4 P 8"
@@ -416,7 +417,10 @@ mod tests {
     #[test]
     fn parses_the_listings() {
         let ls = "banger-vm-dev\t(254:1)\nbanger-vm-dev-origin\t(254:0)\nother\t(254:2)\n";
-        assert_eq!(parse_dmsetup_ls(ls), ["banger-vm-dev", "banger-vm-dev-origin"]);
+        assert_eq!(
+            parse_dmsetup_ls(ls),
+            ["banger-vm-dev", "banger-vm-dev-origin"]
+        );
         assert_eq!(parse_dmsetup_ls("No devices found\n"), Vec::<String>::new());
         let lo = "/dev/loop0 /var/lib/banger/vms/a/root.cow\n/dev/loop1 /srv/with space.img\n";
         assert_eq!(
@@ -458,11 +462,18 @@ mod tests {
         // Active already: nothing more is made.
         rec.log.lock().unwrap().clear();
         dm.activate(&base, &dest).unwrap();
-        assert!(rec.log.lock().unwrap().iter().all(|l| l.starts_with("dmsetup info")));
+        assert!(rec
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|l| l.starts_with("dmsetup info")));
         dm.deactivate(&dest).unwrap();
         assert!(rec.existing.lock().unwrap().is_empty(), "devices left");
         let log = rec.log.lock().unwrap().clone();
-        let snap = log.iter().position(|l| l == "dmsetup remove --retry banger-vm-dev");
+        let snap = log
+            .iter()
+            .position(|l| l == "dmsetup remove --retry banger-vm-dev");
         let origin = log
             .iter()
             .position(|l| l == "dmsetup remove --retry banger-vm-dev-origin");
@@ -474,7 +485,11 @@ mod tests {
 
     #[test]
     fn a_failed_step_undoes_what_it_made() {
-        for step in ["losetup --find --show /", "dmsetup create banger-vm-dev-origin", "dmsetup create banger-vm-dev "] {
+        for step in [
+            "losetup --find --show /",
+            "dmsetup create banger-vm-dev-origin",
+            "dmsetup create banger-vm-dev ",
+        ] {
             let (_dir, base, dest) = bed();
             let rec = Recorder {
                 fail_on: Some(step),
@@ -484,7 +499,10 @@ mod tests {
             dm.create(&base, &dest, 1).unwrap();
             let e = dm.activate(&base, &dest).unwrap_err().to_string();
             assert!(e.contains("injected"), "{step}: {e}");
-            assert!(rec.existing.lock().unwrap().is_empty(), "{step}: devices left");
+            assert!(
+                rec.existing.lock().unwrap().is_empty(),
+                "{step}: devices left"
+            );
             let log = rec.log.lock().unwrap().clone();
             assert!(
                 log.iter().any(|l| l == "losetup --detach /dev/loop3"),

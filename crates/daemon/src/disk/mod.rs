@@ -257,7 +257,10 @@ mod tests {
             assert!(e.contains("no device-mapper"), "{e}");
         }
         let e = "sparse".parse::<DiskChoice>().unwrap_err();
-        assert!(e.contains("auto, qcow2, dm-snapshot, reflink or copy"), "{e}");
+        assert!(
+            e.contains("auto, qcow2, dm-snapshot, reflink or copy"),
+            "{e}"
+        );
         assert_eq!("auto".parse::<DiskChoice>(), Ok(DiskChoice::Auto));
     }
 }

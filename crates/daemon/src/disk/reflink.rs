@@ -85,7 +85,10 @@ mod tests {
     fn a_filesystem_without_reflink_is_refused_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         if supported_in(dir.path()) {
-            eprintln!("skipped: {} supports reflink; the privileged test covers it", dir.path().display());
+            eprintln!(
+                "skipped: {} supports reflink; the privileged test covers it",
+                dir.path().display()
+            );
             return;
         }
         let base = dir.path().join("base");

@@ -40,7 +40,6 @@ const EXPORT: OpKind = OpKind {
 /// diffing a large repo under emulation takes minutes).
 const SCRIPT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(900);
 
-
 /// Runs `script` in the guest with `sh -s -- ARGS`; non-zero is an error
 /// carrying the script's last stderr line (exit 3: the caller's mistake).
 async fn guest_script(svc: &VmService, vm: &VmRecord, script: &str, args: &[&str]) -> R<Vec<u8>> {

@@ -45,7 +45,11 @@ impl Contract {
     }
 
     /// The operation `method path` names, with the path's parameters.
-    pub fn find(&self, method: &str, path: &str) -> Result<(Matched<'_>, Vec<(String, String)>), String> {
+    pub fn find(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Result<(Matched<'_>, Vec<(String, String)>), String> {
         let paths = self.doc["paths"].as_object().ok_or("no paths")?;
         for (template, item) in paths {
             let Some(params) = match_path(template, path) else {
@@ -67,7 +71,12 @@ impl Contract {
 
     /// Checks `body` against the operation's body parameter, and ids in the
     /// body against the path's parameters.
-    pub fn check_body(&self, m: &Matched<'_>, params: &[(String, String)], body: Option<&Value>) -> Result<(), String> {
+    pub fn check_body(
+        &self,
+        m: &Matched<'_>,
+        params: &[(String, String)],
+        body: Option<&Value>,
+    ) -> Result<(), String> {
         let declared = m.op["parameters"].as_array().cloned().unwrap_or_default();
         let body_param = declared.iter().find(|p| p["in"] == "body");
         match (body_param, body) {
@@ -92,7 +101,9 @@ impl Contract {
     fn resolve<'a>(&'a self, schema: &'a Value) -> Result<&'a Value, String> {
         match schema.get("$ref").and_then(Value::as_str) {
             Some(r) => {
-                let name = r.strip_prefix("#/definitions/").ok_or(format!("odd $ref {r}"))?;
+                let name = r
+                    .strip_prefix("#/definitions/")
+                    .ok_or(format!("odd $ref {r}"))?;
                 let def = &self.doc["definitions"][name];
                 if def.is_null() {
                     return Err(format!("$ref {r} is not defined"));
@@ -112,7 +123,13 @@ impl Contract {
                 return Err(format!("{at} = {value} is not one of {options:?}"));
             }
         }
-        let ty = schema["type"].as_str().unwrap_or(if schema["properties"].is_object() { "object" } else { "" });
+        let ty = schema["type"]
+            .as_str()
+            .unwrap_or(if schema["properties"].is_object() {
+                "object"
+            } else {
+                ""
+            });
         let ok = match ty {
             "object" => value.is_object(),
             "string" => value.is_string(),
@@ -136,7 +153,10 @@ impl Contract {
             }
         }
         if let Some(fields) = value.as_object() {
-            let props = schema["properties"].as_object().cloned().unwrap_or_default();
+            let props = schema["properties"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             for req in schema["required"].as_array().into_iter().flatten() {
                 let req = req.as_str().unwrap_or_default();
                 if !fields.contains_key(req) {

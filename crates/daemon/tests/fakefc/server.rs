@@ -51,7 +51,11 @@ pub struct FakeFc {
 }
 
 fn reply(status: u16, body: &Value) -> String {
-    let text = if status == 204 { String::new() } else { body.to_string() };
+    let text = if status == 204 {
+        String::new()
+    } else {
+        body.to_string()
+    };
     format!(
         "HTTP/1.1 {status} {}\r\nServer: Firecracker API\r\nContent-Length: {}\r\n\r\n{text}",
         if status < 300 { "OK" } else { "Bad Request" },
@@ -84,9 +88,14 @@ impl FakeFc {
     /// `fail_start`, says why it cannot start and exits 1).
     pub fn bin(&self, fail_start: bool) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        let path = self.dir.join(if fail_start { "firecracker-broken" } else { "firecracker" });
+        let path = self.dir.join(if fail_start {
+            "firecracker-broken"
+        } else {
+            "firecracker"
+        });
         let body = if fail_start {
-            "echo 'Error: cannot open /dev/kvm: No such file or directory' >&2\nexit 1\n".to_string()
+            "echo 'Error: cannot open /dev/kvm: No such file or directory' >&2\nexit 1\n"
+                .to_string()
         } else {
             format!(
                 r#"sock=""; prev=""
@@ -103,7 +112,11 @@ exec perl -e 'sleep' -- "$@"
                 server = self.server.display()
             )
         };
-        std::fs::write(&path, format!("#!/bin/sh\n# a fake firecracker for banger's contract tests\n{body}")).unwrap();
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\n# a fake firecracker for banger's contract tests\n{body}"),
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
     }
@@ -119,7 +132,10 @@ exec perl -e 'sleep' -- "$@"
 
     /// `METHOD /path` of every call, in order.
     pub fn call_lines(&self) -> Vec<String> {
-        self.calls().iter().map(|c| format!("{} {}", c.method, c.path)).collect()
+        self.calls()
+            .iter()
+            .map(|c| format!("{} {}", c.method, c.path))
+            .collect()
     }
 
     pub fn clear_calls(&self) {
@@ -169,14 +185,24 @@ fn serve(mut conn: UnixStream, contract: &Contract, state: &Mutex<State>, pid_fi
     let Some((method, path, body)) = read_request(&conn) else {
         return;
     };
-    let pid = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse().ok());
+    let pid = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
     let mut st = state.lock().unwrap();
     if st.vm.pid != pid {
         // A new process: a fresh instance.
-        st.vm = Instance { pid, ..Instance::default() };
+        st.vm = Instance {
+            pid,
+            ..Instance::default()
+        };
     }
     let (status, answer) = answer(contract, &mut st, &method, &path, body.as_ref());
-    st.calls.push(Call { method, path, body, status });
+    st.calls.push(Call {
+        method,
+        path,
+        body,
+        status,
+    });
     drop(st);
     let _ = conn.write_all(reply(status, &answer).as_bytes());
 }
@@ -185,7 +211,13 @@ fn fault(msg: &str) -> Value {
     json!({"fault_message": msg})
 }
 
-fn answer(c: &Contract, st: &mut State, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+fn answer(
+    c: &Contract,
+    st: &mut State,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
     let (m, params) = match c.find(method, path) {
         Ok(found) => found,
         Err(e) => {
@@ -204,7 +236,10 @@ fn answer(c: &Contract, st: &mut State, method: &str, path: &str, body: Option<&
     if let Some((what, status)) = st.fail.clone() {
         if what == format!("{method} {path}") {
             st.fail = None;
-            assert!(c.documents(&m, status), "{status} is not documented for {what}");
+            assert!(
+                c.documents(&m, status),
+                "{status} is not documented for {what}"
+            );
             return (status, fault("injected failure"));
         }
     }
@@ -225,25 +260,41 @@ fn order(st: &State, method: &str, template: &str, body: Option<&Value>) -> Resu
     let action = body.and_then(|b| b["action_type"].as_str()).unwrap_or("");
     match (method, template) {
         ("GET", _) => Ok(()),
-        ("PUT", "/actions") if action == "InstanceStart" && vm.started => Err("InstanceStart twice".into()),
-        ("PUT", "/actions") if action == "InstanceStart" && !vm.configured.contains_key("/boot-source") => {
+        ("PUT", "/actions") if action == "InstanceStart" && vm.started => {
+            Err("InstanceStart twice".into())
+        }
+        ("PUT", "/actions")
+            if action == "InstanceStart" && !vm.configured.contains_key("/boot-source") =>
+        {
             Err("InstanceStart without a boot source".into())
         }
-        ("PUT", "/actions") if action != "InstanceStart" && !vm.started => Err(format!("{action} before the guest started")),
+        ("PUT", "/actions") if action != "InstanceStart" && !vm.started => {
+            Err(format!("{action} before the guest started"))
+        }
         ("PUT", "/actions") => Ok(()),
-        ("PATCH", "/drives/{drive_id}") if !vm.started => Err("drive PATCH is post-boot only".into()),
+        ("PATCH", "/drives/{drive_id}") if !vm.started => {
+            Err("drive PATCH is post-boot only".into())
+        }
         ("PATCH", "/drives/{drive_id}") => {
             let id = body.and_then(|b| b["drive_id"].as_str()).unwrap_or("");
-            if vm.drives.contains_key(id) { Ok(()) } else { Err(format!("no drive {id}")) }
+            if vm.drives.contains_key(id) {
+                Ok(())
+            } else {
+                Err(format!("no drive {id}"))
+            }
         }
         ("PATCH", "/vm") if !vm.started => Err("PATCH /vm before the guest started".into()),
         ("PATCH", "/vm") => Ok(()),
-        ("PUT", "/snapshot/create") if !vm.paused => Err("snapshot of a VM that is not paused".into()),
+        ("PUT", "/snapshot/create") if !vm.paused => {
+            Err("snapshot of a VM that is not paused".into())
+        }
         ("PUT", "/snapshot/create") => Ok(()),
         ("PUT", "/snapshot/load") if vm.started || vm.configured.keys().any(|k| k != "/logger") => {
             Err("snapshot load on a configured instance".into())
         }
-        (_, t) if vm.started => Err(format!("{method} {t} after the guest started (pre-boot only)")),
+        (_, t) if vm.started => Err(format!(
+            "{method} {t} after the guest started (pre-boot only)"
+        )),
         _ => Ok(()),
     }
 }
@@ -261,7 +312,8 @@ fn apply(st: &mut State, method: &str, template: &str, path: &str, body: Option<
             }
         }
         ("PUT", "/drives/{drive_id}") => {
-            vm.drives.insert(body["drive_id"].as_str().unwrap_or("").into(), body.clone());
+            vm.drives
+                .insert(body["drive_id"].as_str().unwrap_or("").into(), body.clone());
         }
         ("PATCH", "/drives/{drive_id}") => {
             if let Some(d) = vm.drives.get_mut(body["drive_id"].as_str().unwrap_or("")) {
@@ -271,11 +323,20 @@ fn apply(st: &mut State, method: &str, template: &str, path: &str, body: Option<
         ("PATCH", "/vm") => vm.paused = body["state"] == "Paused",
         ("PUT", "/snapshot/create") => {
             let saved = json!({"drives": vm.drives});
-            std::fs::write(body["snapshot_path"].as_str().unwrap_or(""), saved.to_string()).unwrap();
-            std::fs::write(body["mem_file_path"].as_str().unwrap_or(""), b"guest memory").unwrap();
+            std::fs::write(
+                body["snapshot_path"].as_str().unwrap_or(""),
+                saved.to_string(),
+            )
+            .unwrap();
+            std::fs::write(
+                body["mem_file_path"].as_str().unwrap_or(""),
+                b"guest memory",
+            )
+            .unwrap();
         }
         ("PUT", "/snapshot/load") => {
-            let saved = std::fs::read_to_string(body["snapshot_path"].as_str().unwrap_or("")).unwrap_or_default();
+            let saved = std::fs::read_to_string(body["snapshot_path"].as_str().unwrap_or(""))
+                .unwrap_or_default();
             let saved: Value = serde_json::from_str(&saved).unwrap_or(Value::Null);
             if let Some(d) = saved["drives"].as_object() {
                 vm.drives = d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

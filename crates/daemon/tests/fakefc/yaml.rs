@@ -68,8 +68,8 @@ impl Parser {
             if l.indent != indent || is_item(&l.text) {
                 break;
             }
-            let (key, rest) = split_key(&l.text)
-                .ok_or_else(|| format!("line {:?}: expected `key:`", l.text))?;
+            let (key, rest) =
+                split_key(&l.text).ok_or_else(|| format!("line {:?}: expected `key:`", l.text))?;
             self.i += 1;
             let value = if rest.is_empty() {
                 match self.peek() {

@@ -63,6 +63,9 @@ impl CowDisk for FakeDisk {
         for d in &stray {
             st.devices.remove(d);
         }
-        stray.iter().map(|d| format!("device of {}", d.display())).collect()
+        stray
+            .iter()
+            .map(|d| format!("device of {}", d.display()))
+            .collect()
     }
 }

@@ -268,13 +268,22 @@ async fn a_dm_snapshot_device_lives_only_while_its_vm_runs() {
     let disk = bed.cfg.layout.vm_disk(VM, DM);
     assert!(disk.ends_with("root.cow"));
     assert_eq!(bed.world.devices().len(), 1);
-    assert_eq!(svc.record(VM).expect("vm").info().disk_strategy, "dm-snapshot");
-    for (step, device) in [(Step::Stop, false), (Step::Start, true), (Step::Kill, false)] {
+    assert_eq!(
+        svc.record(VM).expect("vm").info().disk_strategy,
+        "dm-snapshot"
+    );
+    for (step, device) in [
+        (Step::Stop, false),
+        (Step::Start, true),
+        (Step::Kill, false),
+    ] {
         run_step(&svc, bed.repo.clone(), step).await.expect("step");
         assert_eq!(!bed.world.devices().is_empty(), device, "after {step:?}");
         assert!(disk.exists(), "the COW file went at {step:?}");
     }
-    run_step(&svc, bed.repo.clone(), Step::Delete).await.expect("delete");
+    run_step(&svc, bed.repo.clone(), Step::Delete)
+        .await
+        .expect("delete");
     assert!(!disk.exists() && bed.world.devices().is_empty());
 }
 

@@ -13,12 +13,18 @@ use crate::vmm::VmmError;
 pub const IFACE_ID: &str = "eth0";
 
 /// Calls `method path` with `body`; a non-2xx answer is an error.
-pub fn call(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<String, VmmError> {
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<String, VmmError> {
     let text = body.map(Value::to_string);
-    let resp = http::request(socket, method, path, text.as_deref()).map_err(|source| VmmError::Io {
-        what: format!("Firecracker API {method} {path} on {}", socket.display()),
-        source,
-    })?;
+    let resp =
+        http::request(socket, method, path, text.as_deref()).map_err(|source| VmmError::Io {
+            what: format!("Firecracker API {method} {path} on {}", socket.display()),
+            source,
+        })?;
     if (200..300).contains(&resp.status) {
         return Ok(resp.body);
     }
@@ -56,7 +62,12 @@ pub fn machine_config(socket: &Path, vcpus: u32, mem_mib: u32) -> Result<(), Vmm
     )
 }
 
-pub fn boot_source(socket: &Path, kernel: &Path, initrd: &Path, args: &str) -> Result<(), VmmError> {
+pub fn boot_source(
+    socket: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    args: &str,
+) -> Result<(), VmmError> {
     put(
         socket,
         "/boot-source",
@@ -65,7 +76,13 @@ pub fn boot_source(socket: &Path, kernel: &Path, initrd: &Path, args: &str) -> R
 }
 
 /// A drive before boot (`PUT /drives/{id}`).
-pub fn drive(socket: &Path, id: &str, path: &Path, root: bool, readonly: bool) -> Result<(), VmmError> {
+pub fn drive(
+    socket: &Path,
+    id: &str,
+    path: &Path,
+    root: bool,
+    readonly: bool,
+) -> Result<(), VmmError> {
     put(
         socket,
         &format!("/drives/{id}"),
@@ -110,7 +127,12 @@ pub fn snapshot_create(socket: &Path, state: &Path, memory: &Path) -> Result<(),
 
 /// Loads a snapshot paused, with the VM's own tap in place of the one it
 /// was saved with.
-pub fn snapshot_load(socket: &Path, state: &Path, memory: &Path, tap: &str) -> Result<(), VmmError> {
+pub fn snapshot_load(
+    socket: &Path,
+    state: &Path,
+    memory: &Path,
+    tap: &str,
+) -> Result<(), VmmError> {
     put(
         socket,
         "/snapshot/load",

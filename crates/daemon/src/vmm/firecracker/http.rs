@@ -110,7 +110,11 @@ mod tests {
 
     #[test]
     fn requests_carry_their_length() {
-        let r = encode("PUT", "/actions", Some(r#"{"action_type":"InstanceStart"}"#));
+        let r = encode(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"InstanceStart"}"#),
+        );
         assert!(r.starts_with("PUT /actions HTTP/1.1\r\n"));
         assert!(r.contains("Content-Length: 31\r\n\r\n{\"action"));
         assert!(encode("GET", "/", None).ends_with("Connection: close\r\n\r\n"));
@@ -126,7 +130,8 @@ mod tests {
                 body: String::new()
             }
         );
-        let fault = "HTTP/1.1 400 Bad Request\r\ncontent-length: 22\r\n\r\n{\"fault_message\":\"x\"}\n";
+        let fault =
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 22\r\n\r\n{\"fault_message\":\"x\"}\n";
         let r = read_response(&mut fault.as_bytes()).unwrap();
         assert_eq!(r.status, 400);
         assert_eq!(r.body, "{\"fault_message\":\"x\"}\n");

@@ -123,8 +123,12 @@ impl Jail {
 const COPY_LIMIT: u64 = 256 << 20;
 
 fn make_block_node(path: &Path, rdev: u64) -> Result<(), VmmError> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io(path.display().to_string(), std::io::ErrorKind::InvalidInput.into()))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        io(
+            path.display().to_string(),
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
     // SAFETY: a valid NUL-terminated path; mknod only creates the node.
     let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, rdev as libc::dev_t) };
     if rc != 0 {
@@ -177,9 +181,18 @@ mod tests {
         let disk = dir.path().join("root.img");
         std::fs::write(&disk, b"disk").unwrap();
         let uid = unsafe { libc::getuid() };
-        let jail = Jail::new(&dir.path().join("jail"), Path::new("/x/firecracker"), "banger-vm-a", uid, uid);
+        let jail = Jail::new(
+            &dir.path().join("jail"),
+            Path::new("/x/firecracker"),
+            "banger-vm-a",
+            uid,
+            uid,
+        );
         jail.prepare().unwrap();
-        assert_eq!(jail.expose(&disk, "drive-root").unwrap(), Path::new("/drive-root"));
+        assert_eq!(
+            jail.expose(&disk, "drive-root").unwrap(),
+            Path::new("/drive-root")
+        );
         let inside = jail.root.join("drive-root");
         assert_eq!(
             std::fs::metadata(&inside).unwrap().ino(),
@@ -190,6 +203,10 @@ mod tests {
         jail.remove().unwrap();
         jail.remove().unwrap();
         assert!(!jail.base.exists());
-        assert_eq!(std::fs::read(&disk).unwrap(), b"disk", "the VM's file stays");
+        assert_eq!(
+            std::fs::read(&disk).unwrap(),
+            b"disk",
+            "the VM's file stays"
+        );
     }
 }

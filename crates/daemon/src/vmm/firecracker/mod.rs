@@ -86,10 +86,7 @@ impl Firecracker {
 
     /// The binary to run: `--firecracker-bin`, else `firecracker` on PATH.
     pub fn binary(&self) -> Option<PathBuf> {
-        self.cfg
-            .bin
-            .clone()
-            .or_else(|| cmd::which("firecracker").map(PathBuf::from))
+        self.cfg.bin.clone().or_else(|| cmd::which("firecracker"))
     }
 
     /// The jail of VM `name`, when it runs jailed.
@@ -209,7 +206,10 @@ impl Firecracker {
         api::boot_source(sock, &kernel, &initrd, &self.boot_args(spec))?;
         for (i, d) in spec.drives.iter().enumerate() {
             let id = DRIVE_IDS.get(i).copied().ok_or_else(|| {
-                VmmError::Launch(format!("more drives than Firecracker's {} slots", DRIVE_IDS.len()))
+                VmmError::Launch(format!(
+                    "more drives than Firecracker's {} slots",
+                    DRIVE_IDS.len()
+                ))
             })?;
             let path = Self::visible(s, &d.path, &format!("drive-{id}"))?;
             api::drive(sock, id, &path, i == 0, d.readonly)?;
@@ -340,7 +340,10 @@ impl Started {
 
     /// Runs `steps`; on failure the process goes, and the error says which
     /// call failed.
-    fn then(self, steps: impl FnOnce(&Started) -> Result<(), VmmError>) -> Result<RuntimeHandle, VmmError> {
+    fn then(
+        self,
+        steps: impl FnOnce(&Started) -> Result<(), VmmError>,
+    ) -> Result<RuntimeHandle, VmmError> {
         match steps(&self) {
             Ok(()) => self.detach(),
             Err(e) => {
@@ -432,12 +435,22 @@ impl Vmm for Firecracker {
             return Some(no_binary());
         };
         if !is_executable(&bin) {
-            return Some(format!("--firecracker-bin {} is not an executable file", bin.display()));
+            return Some(format!(
+                "--firecracker-bin {} is not an executable file",
+                bin.display()
+            ));
         }
         if let Some(j) = self.cfg.jailer.as_ref().filter(|j| !is_executable(j)) {
-            return Some(format!("--jailer-bin {} is not an executable file", j.display()));
+            return Some(format!(
+                "--jailer-bin {} is not an executable file",
+                j.display()
+            ));
         }
-        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+        {
             return Some(format!(
                 "Firecracker needs KVM and /dev/kvm cannot be opened ({e}); use --vmm qemu"
             ));
@@ -456,7 +469,15 @@ impl Vmm for Firecracker {
         self.kvm.get_or_init(|| {
             let ok = self.probe_boot(kernel);
             accel::save_verdict(&self.verdict_file, ok);
-            tracing::info!(kvm = ok, "Firecracker probe: KVM {}", if ok { "boots guests" } else { "cannot boot a guest" });
+            tracing::info!(
+                kvm = ok,
+                "Firecracker probe: KVM {}",
+                if ok {
+                    "boots guests"
+                } else {
+                    "cannot boot a guest"
+                }
+            );
             ok
         });
     }
@@ -514,7 +535,8 @@ impl Vmm for Firecracker {
     }
 
     fn signal(&self, handle: &RuntimeHandle, signal: i32) -> Result<(), VmmError> {
-        process::signal(handle.pid, signal).map_err(io(format!("signalling VMM pid {}", handle.pid)))
+        process::signal(handle.pid, signal)
+            .map_err(io(format!("signalling VMM pid {}", handle.pid)))
     }
 
     fn responds(&self, control_socket: &Path) -> bool {
