@@ -58,6 +58,10 @@ pub struct VmSpec {
     /// Boot cold even when a template of this shape exists.
     #[serde(default)]
     pub cold: bool,
+    /// `--disk-strategy` for this VM (`auto`, `qcow2`, `dm-snapshot`,
+    /// `reflink`, `copy`); none: the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_strategy: Option<String>,
 }
 
 /// A VM as `vm show --json` prints it.

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground.
-    Daemon(commands::daemon::DaemonArgs),
+    Daemon(Box<commands::daemon::DaemonArgs>),
     /// Create and manage VMs.
     #[command(subcommand)]
     Vm(commands::vm::VmCommand),
@@ -59,7 +59,7 @@ fn main() {
     let cli = Cli::parse();
     let socket = cli.socket;
     let result = match cli.command {
-        Command::Daemon(args) => commands::daemon::run(args, &socket),
+        Command::Daemon(args) => commands::daemon::run(*args, &socket),
         Command::Vm(cmd) => commands::vm::run(cmd, &socket),
         Command::Image(cmd) => commands::image::run(cmd, &socket),
         Command::Workspace(cmd) => commands::workspace::run(cmd, &socket),

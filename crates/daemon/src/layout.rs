@@ -159,6 +159,18 @@ impl ImagePaths {
     pub fn kernel(&self) -> PathBuf {
         self.dir.join("vmlinuz")
     }
+    /// The same kernel uncompressed (ELF), for Firecracker; images built
+    /// before Firecracker support lack it.
+    pub fn vmlinux(&self) -> PathBuf {
+        self.dir.join("vmlinux")
+    }
+    /// The kernel a backend that boots `format` is given.
+    pub fn kernel_for(&self, format: crate::vmm::KernelFormat) -> PathBuf {
+        match format {
+            crate::vmm::KernelFormat::BzImage => self.kernel(),
+            crate::vmm::KernelFormat::Vmlinux => self.vmlinux(),
+        }
+    }
     pub fn initrd(&self) -> PathBuf {
         self.dir.join("initrd.img")
     }

@@ -119,6 +119,25 @@ pub fn bind(cfg: &Config) -> Result<Listener, DaemonError> {
     })
 }
 
+/// Refuses a backend named by `--vmm` that cannot run on this host, with
+/// the one-line reason (`banger doctor` says the same). `--vmm auto` is
+/// never refused here: it falls back to QEMU.
+pub fn check_vmm_choice(cfg: &Config) -> Result<(), String> {
+    let VmmChoice::Named(name) = &cfg.vmm else {
+        return Ok(());
+    };
+    let backends = vmm::system_backends(cfg);
+    let Some(backend) = backends.iter().find(|b| b.name() == name) else {
+        return Err(format!(
+            "--vmm {name}: not part of this build; use --vmm auto"
+        ));
+    };
+    match backend.unusable_reason() {
+        Some(why) => Err(format!("--vmm {name}: {why}")),
+        None => Ok(()),
+    }
+}
+
 fn group_id(name: &str) -> Option<u32> {
     let text = std::fs::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {
@@ -191,7 +210,7 @@ pub async fn run(
     guest::ssh::ensure_client_key(l)?;
     guest::ssh::write_ssh_config(l)?;
     let store = Arc::new(store::Store::open(&l.database())?);
-    let host = host::system::host(&cfg.layout, cfg.accel);
+    let host = host::system::host(&cfg);
     let svc = VmService::new(cfg, host, store);
     let _dns = start_dns(&svc).await;
     vm::reconcile::reconcile(&svc).await;
@@ -229,6 +248,8 @@ mod tests {
             socket_group: "banger".into(),
             vmm_uid_base: 2_000_000_000,
             templates: true,
+            disk_strategy: Default::default(),
+            firecracker: Default::default(),
         }
     }
 

@@ -17,7 +17,8 @@ use crate::layout::Layout;
 
 /// The template's disk (qcow2 over the image's root filesystem).
 pub const DISK: &str = "disk.qcow2";
-/// The saved device and memory state.
+/// The saved device and memory state: a directory the backend fills
+/// (`Vmm::snapshot`).
 pub const STATE: &str = "state";
 const META: &str = "meta.json";
 /// Marks a template whose restore failed: never used again.
@@ -112,7 +113,7 @@ pub fn list(layout: &Layout) -> Vec<Template> {
             }
             let dir = e.path();
             let meta = serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()?;
-            let complete = dir.join(DISK).is_file() && dir.join(STATE).is_file();
+            let complete = dir.join(DISK).is_file() && dir.join(STATE).is_dir();
             complete.then_some(Template { id, dir, meta })
         })
         .collect();
@@ -222,7 +223,7 @@ mod tests {
             let d = l.template_dir(id);
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join(DISK), "").unwrap();
-            std::fs::write(d.join(STATE), "").unwrap();
+            std::fs::create_dir(d.join(STATE)).unwrap();
             let meta = Meta {
                 shape: shape(cpus),
                 maker: Maker::current("qemu", vmm_version),

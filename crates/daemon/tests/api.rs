@@ -22,6 +22,7 @@ fn spec(name: &str, image: &str) -> VmSpec {
         nat: false,
         authorized_keys: Vec::new(),
         cold: false,
+        disk_strategy: None,
     }
 }
 

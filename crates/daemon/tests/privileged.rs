@@ -91,3 +91,172 @@ fn qcow2_overlay_is_constant_time_and_backed_by_the_image() {
     Qcow2.remove(&disk).unwrap();
     assert!(!disk.exists());
 }
+
+/// A loop-mounted XFS made with `-m reflink=1`, removed (unmounted,
+/// detached, deleted) when dropped.
+struct XfsMount {
+    dir: tempfile::TempDir,
+    loop_dev: String,
+}
+
+impl XfsMount {
+    fn make() -> XfsMount {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("xfs.img");
+        std::fs::File::create(&backing)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        bangerd::cmd::run(
+            "mkfs.xfs",
+            &["-q", "-m", "reflink=1", backing.to_str().unwrap()],
+        )
+        .unwrap();
+        let loop_dev =
+            bangerd::cmd::run("losetup", &["--find", "--show", backing.to_str().unwrap()])
+                .unwrap()
+                .trim()
+                .to_string();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        bangerd::cmd::run("mount", &[loop_dev.as_str(), mnt.to_str().unwrap()]).unwrap();
+        XfsMount { dir, loop_dev }
+    }
+
+    fn mnt(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for XfsMount {
+    fn drop(&mut self) {
+        let _ = bangerd::cmd::run("umount", &[self.mnt().to_str().unwrap_or("")]);
+        let _ = bangerd::cmd::run("losetup", &["--detach", self.loop_dev.as_str()]);
+    }
+}
+
+#[test]
+fn reflink_clones_share_blocks_on_xfs_and_go_without_trace() {
+    use bangerd::disk::reflink::{self, Reflink};
+    if !common::is_root() {
+        eprintln!("skipped: needs root (a loop device and a mount)");
+        return;
+    }
+    if bangerd::cmd::which("mkfs.xfs").is_none() {
+        eprintln!("skipped: needs mkfs.xfs (apt-get install xfsprogs)");
+        return;
+    }
+    let fs = XfsMount::make();
+    let dir = fs.mnt();
+    assert!(
+        reflink::supported_in(&dir),
+        "XFS with reflink=1 must support FICLONE"
+    );
+    assert!(Reflink.available(&dir));
+    let leftovers = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(leftovers, 0, "the probe left files");
+    let base = dir.join("rootfs.ext4");
+    let data: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&base, &data).unwrap();
+    let vm = dir.join("vms/dev");
+    std::fs::create_dir_all(&vm).unwrap();
+    let dest = vm.join("root.img");
+    bangerd::cmd::run("sync", &[] as &[&str]).unwrap();
+    let before = bangerd::cmd::run("df", &["--output=used", "-B1", dir.to_str().unwrap()]).unwrap();
+    let started = std::time::Instant::now();
+    Reflink.create(&base, &dest, 1).unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "a clone took {took:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().len(),
+        1 << 30,
+        "grown to the disk size"
+    );
+    let mut head = vec![0u8; data.len()];
+    std::io::Read::read_exact(&mut std::fs::File::open(&dest).unwrap(), &mut head).unwrap();
+    assert_eq!(head, data, "the clone reads as the image");
+    bangerd::cmd::run("sync", &[] as &[&str]).unwrap();
+    let after = bangerd::cmd::run("df", &["--output=used", "-B1", dir.to_str().unwrap()]).unwrap();
+    let used = |s: &str| -> u64 { s.lines().nth(1).unwrap().trim().parse().unwrap() };
+    let grew = used(&after).saturating_sub(used(&before));
+    assert!(
+        grew < 8 << 20,
+        "the clone copied blocks ({grew} bytes more)"
+    );
+    // Writing to the clone leaves the image as it was.
+    let mut f = std::fs::OpenOptions::new().write(true).open(&dest).unwrap();
+    std::io::Write::write_all(&mut f, b"changed").unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(&base).unwrap()[..7], data[..7]);
+    assert!(
+        Reflink.create(&base, &dest, 1).is_err(),
+        "replaced an existing disk"
+    );
+    // Stop (deactivate) keeps the disk; delete removes it, twice is fine.
+    assert_eq!(Reflink.activate(&base, &dest).unwrap(), dest);
+    Reflink.deactivate(&dest).unwrap();
+    assert!(dest.exists());
+    Reflink.remove(&dest).unwrap();
+    Reflink.remove(&dest).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&vm).unwrap().count(),
+        0,
+        "delete left files"
+    );
+}
+
+#[test]
+fn dm_snapshot_disks_are_made_and_removed_where_device_mapper_exists() {
+    use bangerd::disk::dmsnap::{DmSnapshot, DM_CONTROL};
+    if !common::is_root() {
+        eprintln!("skipped: needs root (loop and device-mapper devices)");
+        return;
+    }
+    if !std::path::Path::new(DM_CONTROL).exists() {
+        eprintln!("skipped: {DM_CONTROL} is absent: this kernel has no device-mapper");
+        return;
+    }
+    let dm = DmSnapshot::default();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("rootfs.ext4");
+    std::fs::write(&base, vec![7u8; 4 << 20]).unwrap();
+    let vm = dir.path().join("vms/dmtest");
+    std::fs::create_dir_all(&vm).unwrap();
+    let dest = vm.join("root.cow");
+    dm.create(&base, &dest, 1).unwrap();
+    let dev = dm.activate(&base, &dest).unwrap();
+    let mut head = vec![0u8; 4096];
+    std::io::Read::read_exact(&mut std::fs::File::open(&dev).unwrap(), &mut head).unwrap();
+    assert!(
+        head.iter().all(|b| *b == 7),
+        "the snapshot reads as the image"
+    );
+    let mut f = std::fs::OpenOptions::new().write(true).open(&dev).unwrap();
+    std::io::Write::write_all(&mut f, b"changed").unwrap();
+    drop(f);
+    dm.deactivate(&dest).unwrap();
+    assert!(!dev.exists(), "stop left the device");
+    let loops = bangerd::cmd::run("losetup", &["--list", "--noheadings"]).unwrap();
+    assert!(
+        !loops.contains(dir.path().to_str().unwrap()),
+        "loops left: {loops}"
+    );
+    // Started again (as after a host reboot): the change is still there.
+    let dev = dm.activate(&base, &dest).unwrap();
+    let mut head = vec![0u8; 7];
+    std::io::Read::read_exact(&mut std::fs::File::open(&dev).unwrap(), &mut head).unwrap();
+    assert_eq!(&head, b"changed");
+    assert_eq!(
+        std::fs::read(&base).unwrap()[..7],
+        [7u8; 7],
+        "the image changed"
+    );
+    dm.remove(&dest).unwrap();
+    assert!(
+        !dev.exists() && !dest.exists(),
+        "delete left the device or the COW file"
+    );
+}

@@ -24,6 +24,10 @@ pub const BASE_PACKAGES: &[&str] = &[
     "cpio",
     "dnsutils",
     "util-linux",
+    // reflink disks (and their test on an XFS loop device)
+    "xfsprogs",
+    // dm-snapshot disks, where the kernel has device-mapper
+    "dmsetup",
 ];
 
 /// QEMU packages banger needs. They come from one source package and must

@@ -39,6 +39,7 @@ fn backport_preinstalled_is_downgraded_and_data_gets_its_own_version() {
             "iptables".to_string(),
             "cpio".to_string(),
             "dnsutils".to_string(),
+            "xfsprogs".to_string(),
         ]
     );
     assert_eq!(step(&plan, "qemu-utils").action, Action::Downgrade);

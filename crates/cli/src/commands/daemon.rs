@@ -53,6 +53,16 @@ pub struct DaemonArgs {
     /// VM shape, then saved): on, or off to boot every VM cold.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     templates: String,
+    /// How new VMs' root disks are made: auto (the best the backend and the
+    /// host support), qcow2, dm-snapshot, reflink or copy.
+    #[arg(long, default_value = "auto")]
+    disk_strategy: String,
+    /// The Firecracker binary (default: `firecracker` on PATH).
+    #[arg(long)]
+    firecracker_bin: Option<PathBuf>,
+    /// Run Firecracker under this `jailer` (chroot, as the VM's own uid).
+    #[arg(long)]
+    jailer_bin: Option<PathBuf>,
 }
 
 pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
@@ -96,6 +106,14 @@ pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
             0
         },
         templates: args.templates == "on",
+        disk_strategy: args
+            .disk_strategy
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--disk-strategy: {e}"))?,
+        firecracker: bangerd::vmm::firecracker::FirecrackerConfig {
+            bin: args.firecracker_bin,
+            jailer: args.jailer_bin,
+        },
     };
     if socket != cfg.layout.socket()
         && std::env::var_os("BANGER_SOCKET").is_none()
@@ -103,6 +121,9 @@ pub fn run(args: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
     {
         tracing::warn!("--socket is ignored by the daemon; it listens on RUN_DIR/banger.sock");
     }
+    // A backend named by --vmm that cannot run here stops the daemon now,
+    // with the reason, rather than at the first `vm create`.
+    bangerd::check_vmm_choice(&cfg).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async {
         let listener = bangerd::bind(&cfg)?;

@@ -44,12 +44,7 @@ pub fn run(socket: &Path) -> anyhow::Result<i32> {
             false,
             "enable virtualisation in firmware and modprobe kvm_intel or kvm_amd",
         ),
-        Check::new(
-            "firecracker (optional backend)",
-            which("firecracker"),
-            false,
-            "install the firecracker binary on PATH (needs working KVM)",
-        ),
+        firecracker_check(),
         Check::new(
             "the daemon answers on the socket",
             std::os::unix::net::UnixStream::connect(socket).is_ok(),
@@ -63,6 +58,28 @@ pub fn run(socket: &Path) -> anyhow::Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Whether the Firecracker backend can run here, in the words the daemon
+/// uses when `--vmm firecracker` refuses to start (binary, /dev/kvm, the
+/// KVM probe's verdict under the default state directory).
+fn firecracker_check() -> Check {
+    let layout = bangerd::layout::Layout::new("/var/lib/banger".into(), "/run/banger".into(), None);
+    let fc = bangerd::vmm::firecracker::Firecracker::new(
+        Default::default(),
+        layout.clone(),
+        layout.state_dir.join("accel-probe"),
+    );
+    let why = bangerd::vmm::Vmm::unusable_reason(&fc);
+    Check::new(
+        match &why {
+            None => "Firecracker backend (optional): usable".to_string(),
+            Some(why) => format!("Firecracker backend (optional): {why}"),
+        },
+        why.is_none(),
+        false,
+        "see docs/firecracker.md; without it banger uses QEMU",
+    )
 }
 
 /// Prints every check; returns how many required ones failed.

@@ -33,6 +33,10 @@ pub enum VmCommand {
         /// Boot cold, even when a template of this shape could restore it.
         #[arg(long)]
         cold: bool,
+        /// How the root disk is made: auto, qcow2, dm-snapshot, reflink or
+        /// copy (default: the daemon's --disk-strategy).
+        #[arg(long)]
+        disk_strategy: Option<String>,
     },
     /// Boot a stopped VM.
     Start { name: String },
@@ -104,6 +108,7 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
             disk,
             image,
             cold,
+            disk_strategy,
         } => {
             validate_vm_name(&name)?;
             // Not root: the guest also authorizes this user's own key.
@@ -121,6 +126,7 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 nat,
                 authorized_keys,
                 cold,
+                disk_strategy,
             };
             let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
             if !useraccess::is_root() {

@@ -2,7 +2,9 @@
 //! a VM's strategy is chosen at create from what its backend opens and what
 //! the host supports ([`choose`]), and stored with the VM.
 
+pub mod dmsnap;
 pub mod qcow2;
+pub mod reflink;
 pub mod sparse;
 
 use std::path::{Path, PathBuf};
@@ -88,10 +90,35 @@ pub trait CowDisk: Send + Sync {
             _ => Ok(()),
         }
     }
-    /// Host objects this strategy set up (devices, loops) for disks not in
-    /// `known`: what a crash leaked. Files are the caller's to find.
+    /// Removes the host objects this strategy set up (devices, loops) for
+    /// disks not in `known` (what a crash leaked) and names them. Files are
+    /// the caller's to find.
     fn leaked(&self, _known: &[PathBuf]) -> Vec<String> {
         Vec::new()
+    }
+}
+
+/// `--disk-strategy`: the best the backend and the host support, or one by
+/// name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskChoice {
+    #[default]
+    Auto,
+    Named(Strategy),
+}
+
+/// The names `--disk-strategy` accepts.
+pub const CHOICE_NAMES: &str = "auto, qcow2, dm-snapshot, reflink or copy";
+
+impl std::str::FromStr for DiskChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DiskChoice::Auto),
+            _ => Strategy::parse(s)
+                .map(DiskChoice::Named)
+                .ok_or_else(|| format!("unknown disk strategy {s:?}; use {CHOICE_NAMES}")),
+        }
     }
 }
 
@@ -108,9 +135,73 @@ pub fn choose(
         .cloned()
 }
 
+/// The strategy `choice` names for a VM of `backend` (which opens
+/// `formats`), or why it cannot have it: a one-line error that says what
+/// to do.
+pub fn pick(
+    strategies: &[Arc<dyn CowDisk>],
+    choice: DiskChoice,
+    backend: &str,
+    formats: &[DiskFormat],
+    dir: &Path,
+) -> Result<Arc<dyn CowDisk>, String> {
+    let wanted = match choice {
+        DiskChoice::Auto => {
+            return choose(strategies, formats, dir).ok_or_else(|| {
+                format!(
+                    "no copy-on-write disk strategy on this host suits the {backend} backend; `banger doctor` says what is missing"
+                )
+            })
+        }
+        DiskChoice::Named(s) => s,
+    };
+    let Some(disk) = strategies.iter().find(|d| d.strategy() == wanted) else {
+        return Err(format!(
+            "disk strategy {} is not part of this daemon; use --disk-strategy auto",
+            wanted.as_str()
+        ));
+    };
+    if !formats.contains(&disk.format()) {
+        return Err(format!(
+            "the {backend} backend cannot open {} disks ({}); use --disk-strategy auto",
+            wanted.as_str(),
+            disk.format().as_str()
+        ));
+    }
+    if !disk.available(dir) {
+        return Err(format!(
+            "disk strategy {} is not available on this host ({}); use --disk-strategy auto",
+            wanted.as_str(),
+            unavailable_reason(wanted, dir)
+        ));
+    }
+    Ok(disk.clone())
+}
+
+/// Why `strategy` cannot be used in `dir`, for the user.
+fn unavailable_reason(strategy: Strategy, dir: &Path) -> String {
+    match strategy {
+        Strategy::Qcow2 => "qemu-img is not installed".into(),
+        Strategy::DmSnapshot => format!(
+            "no device-mapper: {} is missing, or dmsetup/losetup are not installed",
+            dmsnap::DM_CONTROL
+        ),
+        Strategy::Reflink => format!(
+            "{} is on a filesystem without reflink; XFS made with -m reflink=1 or btrfs has it",
+            dir.display()
+        ),
+        Strategy::Copy => "it cannot write there".into(),
+    }
+}
+
 /// The strategies this build has, best first.
 pub fn system_strategies() -> Vec<Arc<dyn CowDisk>> {
-    vec![Arc::new(qcow2::Qcow2), Arc::new(sparse::SparseCopy)]
+    vec![
+        Arc::new(qcow2::Qcow2),
+        Arc::new(dmsnap::DmSnapshot::default()),
+        Arc::new(reflink::Reflink),
+        Arc::new(sparse::SparseCopy),
+    ]
 }
 
 #[cfg(test)]
@@ -137,7 +228,39 @@ mod tests {
         let qemu = choose(&all, &[DiskFormat::Qcow2, DiskFormat::Raw], dir).unwrap();
         assert_eq!(qemu.strategy(), Strategy::Qcow2);
         let raw_only = choose(&all, &[DiskFormat::Raw], dir).unwrap();
-        assert_eq!(raw_only.strategy(), Strategy::Copy);
+        let expected = if Path::new(dmsnap::DM_CONTROL).exists() {
+            Strategy::DmSnapshot
+        } else if reflink::supported_in(dir) {
+            Strategy::Reflink
+        } else {
+            Strategy::Copy
+        };
+        assert_eq!(raw_only.strategy(), expected);
         assert!(choose(&all, &[], dir).is_none());
+    }
+
+    #[test]
+    fn a_named_strategy_is_checked_against_backend_and_host() {
+        let all = system_strategies();
+        let dir = Path::new("/tmp");
+        let raw = [DiskFormat::Raw];
+        let copy = pick(&all, "copy".parse().unwrap(), "firecracker", &raw, dir).unwrap();
+        assert_eq!(copy.strategy(), Strategy::Copy);
+        let e = pick(&all, "qcow2".parse().unwrap(), "firecracker", &raw, dir)
+            .err()
+            .unwrap();
+        assert!(e.contains("firecracker backend cannot open qcow2"), "{e}");
+        if !Path::new(dmsnap::DM_CONTROL).exists() {
+            let e = pick(&all, "dm-snapshot".parse().unwrap(), "qemu", &raw, dir)
+                .err()
+                .unwrap();
+            assert!(e.contains("no device-mapper"), "{e}");
+        }
+        let e = "sparse".parse::<DiskChoice>().unwrap_err();
+        assert!(
+            e.contains("auto, qcow2, dm-snapshot, reflink or copy"),
+            "{e}"
+        );
+        assert_eq!("auto".parse::<DiskChoice>(), Ok(DiskChoice::Auto));
     }
 }

@@ -10,7 +10,6 @@ use crate::guest::{ssh, GuestError};
 use crate::hostnat::SystemIptables;
 use crate::hostnet::{bridge, tap, NetError, Subnet};
 use crate::layout::Layout;
-use crate::vmm::accel::AccelChoice;
 
 /// `ip link`/`ip tuntap`.
 pub struct IpNet;
@@ -89,8 +88,8 @@ impl GuestLink for OpenSsh {
 
 /// The real host: every adapter above, and the disk strategies and VMM
 /// backends this build has.
-pub fn host(layout: &Layout, accel: AccelChoice) -> Host {
-    let verdict = layout.state_dir.join("accel-probe");
+pub fn host(cfg: &crate::Config) -> Host {
+    let layout = &cfg.layout;
     Host {
         net: Arc::new(IpNet),
         nat: Arc::new(SystemIptables),
@@ -99,6 +98,6 @@ pub fn host(layout: &Layout, accel: AccelChoice) -> Host {
             layout: layout.clone(),
         }),
         disks: crate::disk::system_strategies(),
-        backends: crate::vmm::system_backends(accel, verdict),
+        backends: crate::vmm::system_backends(cfg),
     }
 }

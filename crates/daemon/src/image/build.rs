@@ -69,6 +69,8 @@ fn build_into(
     let boot = tree.join("boot");
     let vmlinuz = boot.join(format!("vmlinuz-{kernel_version}"));
     std::fs::copy(&vmlinuz, out.kernel()).map_err(|e| ImageError::io(&vmlinuz, e))?;
+    // The same kernel uncompressed, for Firecracker.
+    super::vmlinux::write(&vmlinuz, &out.vmlinux())?;
     report("initrd", 75);
     customize::build_initrd(&tree, &kernel_version, &out.initrd())?;
     report("rootfs", 80);

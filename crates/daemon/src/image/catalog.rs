@@ -139,6 +139,9 @@ pub fn install(
         for f in staging.files().iter().chain([&staging.dir]) {
             sync(f)?;
         }
+        if staging.vmlinux().exists() {
+            sync(&staging.vmlinux())?;
+        }
         Ok(())
     });
     if let Err(e) = made {

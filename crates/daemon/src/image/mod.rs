@@ -5,6 +5,7 @@ pub mod build;
 pub mod catalog;
 pub mod cpio;
 pub mod customize;
+pub mod vmlinux;
 
 /// See [`crate::hosterror::HostError`].
 pub type ImageError = crate::hosterror::HostError;

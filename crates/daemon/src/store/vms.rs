@@ -227,6 +227,7 @@ mod tests {
             nat: false,
             authorized_keys: Vec::new(),
             cold: false,
+            disk_strategy: None,
         };
         VmRecord::draft(&spec, "qemu", Strategy::Qcow2, 1000)
     }

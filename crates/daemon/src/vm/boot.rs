@@ -77,6 +77,17 @@ impl VmService {
             )));
         }
         let backend = self.backend_of(vm)?;
+        let kernel = image.kernel_for(backend.capabilities().kernel);
+        if !kernel.exists() {
+            return Err(VmError::ImageMissing(format!(
+                "image {:?} version {} has no {} for the {} backend (built before it was supported); rebuild it with `banger image build {}`",
+                vm.image,
+                vm.image_version,
+                kernel.file_name().unwrap_or_default().to_string_lossy(),
+                backend.name(),
+                vm.image
+            )));
+        }
         op.phase(
             "network",
             &format!("tap {} on bridge {}", vm.tap, self.cfg.bridge),
@@ -92,7 +103,7 @@ impl VmService {
                 "checking once whether KVM can boot a guest on this host (up to 8 s; the verdict is kept)",
                 pct + 5,
             );
-            let (b, kernel) = (backend.clone(), image.kernel());
+            let (b, kernel) = (backend.clone(), kernel.clone());
             blocking(move || b.probe(&kernel)).await;
         }
         let run_as = self.vmm_identity(vm);
@@ -108,7 +119,7 @@ impl VmService {
         });
         let spec = LaunchSpec {
             name: vm.name.clone(),
-            kernel: image.kernel(),
+            kernel,
             initrd: image.initrd(),
             cmdline: backend.kernel_cmdline(&vm.name),
             drives,

@@ -36,11 +36,14 @@ impl VmService {
         check_resources(&spec)?;
         check_keys(&spec.authorized_keys)?;
         let backend = self.backend_for_new_vm()?;
+        let strategy = self.disk_for_new_vm(&spec, backend.as_ref())?;
         if self.store.get_vm(&spec.name)?.is_some() {
             return Err(VmError::Duplicate(spec.name));
         }
         let op = self.ops.begin("vm_create", &[&spec.name], sink)?;
-        let result = self.create_inner(&op, spec, owner_uid, backend).await;
+        let result = self
+            .create_inner(&op, spec, owner_uid, backend, strategy)
+            .await;
         op.finish(&result);
         result
     }
@@ -51,22 +54,10 @@ impl VmService {
         spec: VmSpec,
         owner_uid: u32,
         backend: Arc<dyn Vmm>,
+        strategy: disk::Strategy,
     ) -> R<VmInfo> {
         self.ensure_image(op, &spec.image).await?;
         self.check_disk_size(&spec)?;
-        let vms_dir = self.layout().state_dir.join("vms");
-        let strategy = disk::choose(
-            &self.host.disks,
-            backend.capabilities().disk_formats,
-            &vms_dir,
-        )
-        .ok_or_else(|| {
-            VmError::HostMissing(format!(
-                "no copy-on-write disk strategy on this host suits the {} backend; `banger doctor` says what is missing",
-                backend.name()
-            ))
-        })?
-        .strategy();
         let draft = VmRecord::draft(&spec, backend.name(), strategy, owner_uid);
         let mut vm = self.insert_on_current_image(draft)?;
         let template = match spec.cold {
@@ -107,6 +98,22 @@ impl VmService {
                 Err(e)
             }
         }
+    }
+
+    /// The root disk strategy of a new VM: `vm create --disk-strategy`, else
+    /// the daemon's, checked against the backend and the host.
+    fn disk_for_new_vm(&self, spec: &VmSpec, backend: &dyn Vmm) -> R<disk::Strategy> {
+        let choice = match spec.disk_strategy.as_deref() {
+            Some(s) => s
+                .parse::<disk::DiskChoice>()
+                .map_err(|e| VmError::InvalidArgument(format!("--disk-strategy: {e}")))?,
+            None => self.cfg.disk_strategy,
+        };
+        let vms_dir = self.layout().state_dir.join("vms");
+        let formats = backend.capabilities().disk_formats;
+        disk::pick(&self.host.disks, choice, backend.name(), formats, &vms_dir)
+            .map(|d| d.strategy())
+            .map_err(VmError::HostMissing)
     }
 
     fn check_disk_size(&self, spec: &VmSpec) -> R<()> {
@@ -328,6 +335,7 @@ mod tests {
             nat: false,
             authorized_keys: Vec::new(),
             cold: false,
+            disk_strategy: None,
         }
     }
 

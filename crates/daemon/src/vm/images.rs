@@ -137,12 +137,15 @@ impl VmService {
         let Some(kernel) = catalog::names(self.layout())
             .into_iter()
             .find_map(|name| self.current_image(&name).ok())
-            .map(|paths| paths.kernel())
         else {
             return;
         };
         for backend in self.host.backends.iter().filter(|b| b.probe_pending()) {
-            let (b, k) = (backend.clone(), kernel.clone());
+            let k = kernel.kernel_for(backend.capabilities().kernel);
+            if !k.exists() {
+                continue;
+            }
+            let b = backend.clone();
             tokio::task::spawn_blocking(move || b.probe(&k));
         }
     }

@@ -74,6 +74,7 @@ mod tests {
             nat: false,
             authorized_keys: Vec::new(),
             cold: false,
+            disk_strategy: None,
         };
         VmRecord {
             state,

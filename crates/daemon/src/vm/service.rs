@@ -47,6 +47,11 @@ pub struct Config {
     /// Restore new VMs from templates (and build templates after a cold
     /// create); off, every VM boots cold.
     pub templates: bool,
+    /// `--disk-strategy`: how new VMs' root disks are made unless
+    /// `vm create` says.
+    pub disk_strategy: crate::disk::DiskChoice,
+    /// `--firecracker-bin` and `--jailer-bin`.
+    pub firecracker: crate::vmm::firecracker::FirecrackerConfig,
 }
 
 pub struct VmService {
@@ -304,8 +309,15 @@ impl VmService {
         let disk = self.host.disk(vm.disk);
         let disk_path = self.layout().vm_disk(&vm.name, vm.disk);
         let name = vm.name.clone();
+        let backend = self.host.backend(&vm.backend);
         blocking(move || {
             let mut first: Option<VmError> = None;
+            if let Some(b) = backend {
+                if let Err(e) = b.release(&name) {
+                    tracing::warn!(vm = %name, "releasing the VMM's resources: {e}");
+                    first.get_or_insert(VmError::from(e));
+                }
+            }
             if let Err(e) = std::fs::remove_dir_all(&run_dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(vm = %name, "removing {}: {e}", run_dir.display());

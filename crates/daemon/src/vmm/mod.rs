@@ -5,6 +5,7 @@
 //! backend's name.
 
 pub mod accel;
+pub mod firecracker;
 pub mod process;
 pub mod qemu;
 mod qemu_snapshot;
@@ -184,15 +185,23 @@ pub trait Vmm: Send + Sync {
     fn attach_drive(&self, control_socket: &Path, id: &str, drive: &Drive) -> Result<(), VmmError>;
     /// Detaches drive `id`; gone is success.
     fn detach_drive(&self, control_socket: &Path, id: &str) -> Result<(), VmmError>;
+    /// Removes what the backend set up for VM `name`'s run outside its run
+    /// directory (Firecracker's jail), once the VMM is gone. Idempotent.
+    fn release(&self, _name: &str) -> Result<(), VmmError> {
+        Ok(())
+    }
     fn pause(&self, _control_socket: &Path) -> Result<(), VmmError> {
         Err(self.not_supported("pause a VM"))
     }
     fn resume(&self, _control_socket: &Path) -> Result<(), VmmError> {
         Err(self.not_supported("resume a VM"))
     }
+    /// Saves the running VM into the directory `dest` (the backend names
+    /// its files there); the VM is left paused.
     fn snapshot(&self, _control_socket: &Path, _dest: &Path) -> Result<(), VmmError> {
         Err(self.not_supported("snapshot a VM"))
     }
+    /// Starts a VMM for `spec` from the snapshot directory `from`, running.
     fn restore(&self, _spec: &LaunchSpec, _from: &Path) -> Result<RuntimeHandle, VmmError> {
         Err(self.not_supported("restore a VM"))
     }
@@ -239,9 +248,20 @@ impl std::str::FromStr for VmmChoice {
     }
 }
 
-/// The backends this build has, in `--vmm auto`'s order of preference.
-pub fn system_backends(accel: accel::AccelChoice, verdict_file: PathBuf) -> Vec<Arc<dyn Vmm>> {
-    vec![Arc::new(qemu::Qemu::new(accel, verdict_file))]
+/// The backends this build has, in `--vmm auto`'s order of preference:
+/// Firecracker where it can run (its binary, and KVM that boots guests),
+/// else QEMU. Both keep the KVM probe's verdict in one file: it is the
+/// host's answer, not a backend's.
+pub fn system_backends(cfg: &crate::Config) -> Vec<Arc<dyn Vmm>> {
+    let verdict = cfg.layout.state_dir.join("accel-probe");
+    vec![
+        Arc::new(firecracker::Firecracker::new(
+            cfg.firecracker.clone(),
+            cfg.layout.clone(),
+            verdict.clone(),
+        )),
+        Arc::new(qemu::Qemu::new(cfg.accel, verdict)),
+    ]
 }
 
 /// The argument the VMM command line carries to tag a VM's process.

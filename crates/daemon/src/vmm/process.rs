@@ -70,7 +70,8 @@ pub fn tagged_with_prefix(prefix: &str) -> Vec<u32> {
         .collect()
 }
 
-fn is_zombie(pid: u32) -> bool {
+/// True when `pid` is gone or a zombie (dead, not yet reaped).
+pub fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {

@@ -441,12 +441,16 @@ impl Vmm for Qemu {
     }
 
     fn snapshot(&self, control_socket: &Path, dest: &Path) -> Result<(), VmmError> {
-        qemu_snapshot::save(control_socket, dest)
+        std::fs::create_dir_all(dest).map_err(|source| VmmError::Io {
+            what: format!("creating {}", dest.display()),
+            source,
+        })?;
+        qemu_snapshot::save(control_socket, &qemu_snapshot::state_file(dest))
     }
 
     fn restore(&self, spec: &LaunchSpec, from: &Path) -> Result<RuntimeHandle, VmmError> {
         let mut spec = spec.clone();
-        spec.restore_from = Some(from.to_path_buf());
+        spec.restore_from = Some(qemu_snapshot::state_file(from));
         let handle = self.launch(&spec)?;
         if let Err(e) = qemu_snapshot::wait_restored(&spec.control_socket) {
             let _ = process::signal(handle.pid, libc::SIGKILL);

@@ -14,6 +14,11 @@ use super::{qmp, VmmError};
 /// How long saving or loading a VM's state may take.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The file QEMU's saved state is in, in a snapshot directory.
+pub fn state_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("vmstate")
+}
+
 /// The descriptor number QEMU reads an incoming state from.
 pub const INCOMING_FD: i32 = 4;
 

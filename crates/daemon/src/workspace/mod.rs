@@ -14,6 +14,14 @@ pub const GUEST_REPO: &str = "/root/repo";
 /// The serial a workspace drive carries, so the guest can find it.
 pub const DRIVE_SERIAL: &str = "banger-ws";
 
+/// The serial of the drive that carries a `full_copy` tar, once.
+pub const IMPORT_SERIAL: &str = "banger-ws-import";
+
+/// The ids the two workspace drives have in the VMM (a backend without
+/// hot-plug reserves a slot for each at boot).
+pub const DRIVE_ID: &str = "workspace";
+pub const IMPORT_ID: &str = "import";
+
 /// How the repo reaches the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

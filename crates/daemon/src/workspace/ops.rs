@@ -6,7 +6,7 @@ use std::sync::Arc;
 use banger_api::types::WorkspaceInfo;
 
 use super::reader::Reader;
-use super::{pack, scripts, Mode, DRIVE_SERIAL, GUEST_REPO};
+use super::{pack, scripts, Mode, DRIVE_ID, DRIVE_SERIAL, GUEST_REPO, IMPORT_ID, IMPORT_SERIAL};
 use crate::opstate::{Op, Sink};
 use crate::vm::runner::{self, Claim, OpKind};
 use crate::vm::service::{blocking, R};
@@ -39,10 +39,6 @@ const EXPORT: OpKind = OpKind {
 /// How long one workspace step in the guest may take (extracting or
 /// diffing a large repo under emulation takes minutes).
 const SCRIPT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(900);
-
-/// The id the workspace drive has in the VMM.
-pub const DRIVE_ID: &str = "workspace";
-const IMPORT_SERIAL: &str = "banger-ws-import";
 
 /// Runs `script` in the guest with `sh -s -- ARGS`; non-zero is an error
 /// carrying the script's last stderr line (exit 3: the caller's mistake).
@@ -241,7 +237,7 @@ impl VmService {
                     readonly: true,
                     serial: IMPORT_SERIAL.into(),
                 };
-                let extracted = match attach(&backend, &control, "import", drive).await {
+                let extracted = match attach(&backend, &control, IMPORT_ID, drive).await {
                     Ok(()) => {
                         op.phase("extract", &format!("extracting into {GUEST_REPO}"), 60);
                         let script = scripts::extract_full_copy(IMPORT_SERIAL, req.readonly);
@@ -249,7 +245,7 @@ impl VmService {
                     }
                     Err(e) => Err(e),
                 };
-                detach(&backend, &control, "import", &vm.name).await;
+                detach(&backend, &control, IMPORT_ID, &vm.name).await;
                 let _ = std::fs::remove_file(&tar_path);
                 extracted?;
             }

@@ -3,17 +3,30 @@
 //! stderr when it cannot do its job.
 
 /// Finds the workspace drive by its serial (hot-plugged drives take a few
-/// seconds to appear under emulation).
+/// seconds to appear under emulation). A backend without hot-plug reserves
+/// slots at boot and names them on the kernel command line
+/// (`banger.drive.SERIAL=/dev/vdX`); such a slot holds a one-sector
+/// placeholder until the drive's file is swapped in, and its cached blocks
+/// are the placeholder's, so they are dropped first.
 const FIND_DRIVE: &str = r#"
 find_drive() {
+    slot=$(tr ' ' '\n' < /proc/cmdline | sed -n "s|^banger\.drive\.$1=||p")
     i=0
     while [ $i -lt 600 ]; do
-        for d in /sys/block/vd*; do
-            if [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ]; then
-                echo "/dev/${d##*/}"
+        if [ -n "$slot" ]; then
+            if [ "$(cat "/sys/block/${slot##*/}/size" 2>/dev/null || echo 0)" -gt 1 ]; then
+                blockdev --flushbufs "$slot" 2>/dev/null || true
+                echo "$slot"
                 return 0
             fi
-        done
+        else
+            for d in /sys/block/vd*; do
+                if [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ]; then
+                    echo "/dev/${d##*/}"
+                    return 0
+                fi
+            done
+        fi
         sleep 0.1
         i=$((i + 1))
     done

@@ -45,6 +45,8 @@ impl Daemon {
             socket_group: "banger".into(),
             vmm_uid_base: 2_000_000_000,
             templates: true,
+            disk_strategy: Default::default(),
+            firecracker: Default::default(),
         };
         let socket = cfg.layout.socket();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -14,16 +14,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{BoxFuture, GuestLink, Host, Net, Provision};
 
+mod disk;
 mod iptables;
 mod vmm;
 
 use crate::cmd::CmdError;
-use crate::disk::{CowDisk, DiskError, Strategy};
+use crate::disk::Strategy;
 use crate::guest::configdrive::Identity;
 use crate::guest::GuestError;
 use crate::hostnet::{NetError, Subnet};
 use crate::pathio::FromPathIo;
-use crate::vmm::DiskFormat;
+pub use disk::FakeDisk;
 pub use iptables::FakeIptables;
 pub use vmm::FakeVmm;
 
@@ -71,6 +72,10 @@ struct State {
     owners: BTreeMap<PathBuf, u32>,
     /// The uid each fake VMM runs as.
     vmm_uids: BTreeMap<u32, Option<u32>>,
+    /// The strategy the fake disk plays (copy when none is set).
+    disk_strategy: Option<Strategy>,
+    /// Disks whose device is set up (dm-snapshot), by the disk's path.
+    devices: BTreeSet<PathBuf>,
 }
 
 /// The fake host's state, shared by every fake port (and surviving a
@@ -93,6 +98,17 @@ impl World {
             disks: vec![Arc::new(FakeDisk(self.clone()))],
             backends: vec![Arc::new(FakeVmm(self.clone()))],
         }
+    }
+
+    /// Makes the fake disk play `strategy` (a device per running disk for
+    /// dm-snapshot; files only for the others).
+    pub fn use_disk(&self, strategy: Strategy) {
+        self.state().disk_strategy = Some(strategy);
+    }
+
+    /// The disks whose device is set up.
+    pub fn devices(&self) -> BTreeSet<PathBuf> {
+        self.state().devices.clone()
     }
 
     /// Forgets the points counted so far; the next call is point 0.
@@ -339,30 +355,5 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.state().guest_running -= 1;
-    }
-}
-
-/// A copy-strategy disk that writes a small file instead of copying.
-struct FakeDisk(World);
-
-impl CowDisk for FakeDisk {
-    fn strategy(&self) -> Strategy {
-        Strategy::Copy
-    }
-    fn format(&self) -> DiskFormat {
-        DiskFormat::Raw
-    }
-    fn create(&self, base: &Path, dest: &Path, _size_gib: u32) -> Result<(), DiskError> {
-        self.0.hit("disk.create").map_err(DiskError::Failed)?;
-        // What it is made over, as a qcow2 overlay names its backing file.
-        let over = format!("disk over {}", base.display());
-        std::fs::write(dest, over).map_err(|e| DiskError::io(dest, e))
-    }
-    fn remove(&self, dest: &Path) -> Result<(), DiskError> {
-        self.0.hit("disk.remove").map_err(DiskError::Failed)?;
-        match std::fs::remove_file(dest) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DiskError::io(dest, e)),
-            _ => Ok(()),
-        }
     }
 }

@@ -27,6 +27,13 @@ pub struct Bed {
 }
 
 impl Bed {
+    /// A bed whose disks play `strategy` (see `host::fake::FakeDisk`).
+    pub fn with_disk(strategy: crate::disk::Strategy) -> Bed {
+        let bed = Bed::new();
+        bed.world.use_disk(strategy);
+        bed
+    }
+
     pub fn new() -> Bed {
         let dir = tempfile::tempdir().expect("tempdir");
         let layout = Layout::new(dir.path().join("state"), dir.path().join("run"), None);
@@ -60,6 +67,8 @@ impl Bed {
                 socket_group: "banger".into(),
                 vmm_uid_base: 2_000_000_000,
                 templates: true,
+                disk_strategy: Default::default(),
+                firecracker: Default::default(),
             },
             repo,
         }
@@ -144,6 +153,17 @@ impl Bed {
                 }
             }
         }
+        for dev in self.world.devices() {
+            let owner = dev
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match find(&owner) {
+                Some(v) if tolerant(v) || v.state == VmState::Running => {}
+                _ => leaks.push(format!("disk device of {owner} ({})", dev.display())),
+            }
+        }
         let known = std::fs::read_to_string(l.known_hosts()).unwrap_or_default();
         for line in known.lines() {
             let owner = line
@@ -168,6 +188,7 @@ pub fn spec(name: &str, nat: bool) -> VmSpec {
         nat,
         authorized_keys: Vec::new(),
         cold: false,
+        disk_strategy: None,
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Once};
 use banger_api::VmState;
 
 use super::bed::{spec, Bed};
+use crate::disk::Strategy;
 use crate::host::fake::{FaultKind, SimulatedCrash};
 use crate::vm::{reconcile, Caller, VmError, VmService};
 use crate::workspace::ops::PrepareRequest;
@@ -66,6 +67,8 @@ pub(super) async fn run_step(
 
 /// An operation under test and the steps that lead to it.
 struct Scenario {
+    /// The disk strategy the fake disk plays.
+    disk: Strategy,
     setup: &'static [Step],
     op: Step,
     /// A failed run must leave no VM at all (a failed create rolls back).
@@ -166,7 +169,7 @@ fn quiet_crashes() {
 /// crashing; returns how many fault runs it made.
 async fn exercise(name: &str, sc: Scenario) -> usize {
     quiet_crashes();
-    let clean = run_once(&Arc::new(Bed::new()), &sc, None).await;
+    let clean = run_once(&Arc::new(Bed::with_disk(sc.disk)), &sc, None).await;
     match &clean.result {
         Some(Ok(())) => {}
         other => panic!(
@@ -180,7 +183,7 @@ async fn exercise(name: &str, sc: Scenario) -> usize {
     let mut runs = 0;
     for (index, point) in clean.points.iter().enumerate() {
         for kind in [FaultKind::Fail, FaultKind::Crash] {
-            let bed = Arc::new(Bed::new());
+            let bed = Arc::new(Bed::with_disk(sc.disk));
             let run = run_once(&bed, &sc, Some((index, kind))).await;
             let what = format!("{name}: {kind:?} at call {index} ({point})");
             if kind == FaultKind::Crash {
@@ -199,11 +202,15 @@ async fn exercise(name: &str, sc: Scenario) -> usize {
 
 macro_rules! fault_test {
     ($name:ident, $setup:expr, $op:expr, $no_vm:expr) => {
+        fault_test!($name, Strategy::Copy, $setup, $op, $no_vm);
+    };
+    ($name:ident, $disk:expr, $setup:expr, $op:expr, $no_vm:expr) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             let runs = exercise(
                 stringify!($name),
                 Scenario {
+                    disk: $disk,
                     setup: $setup,
                     op: $op,
                     failure_leaves_no_vm: $no_vm,
@@ -239,6 +246,46 @@ fault_test!(
     false
 );
 fault_test!(export, PREPARED, Step::Export, false);
+
+// dm-snapshot: a device exists only while the VM runs; its COW file stays
+// until delete. (reflink and copy disks are files only: the runs above.)
+const DM: Strategy = Strategy::DmSnapshot;
+fault_test!(dm_create, DM, &[], Step::Create { nat: false }, true);
+fault_test!(dm_start, DM, STOPPED, Step::Start, false);
+fault_test!(dm_stop, DM, RUNNING, Step::Stop, false);
+fault_test!(dm_restart, DM, RUNNING, Step::Restart, false);
+fault_test!(dm_kill, DM, RUNNING, Step::Kill, false);
+fault_test!(dm_delete_running, DM, RUNNING, Step::DeleteForce, false);
+fault_test!(dm_delete_stopped, DM, STOPPED, Step::Delete, false);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_snapshot_device_lives_only_while_its_vm_runs() {
+    let bed = Arc::new(Bed::with_disk(DM));
+    let svc = bed.daemon();
+    run_step(&svc, bed.repo.clone(), Step::Create { nat: false })
+        .await
+        .expect("create");
+    let disk = bed.cfg.layout.vm_disk(VM, DM);
+    assert!(disk.ends_with("root.cow"));
+    assert_eq!(bed.world.devices().len(), 1);
+    assert_eq!(
+        svc.record(VM).expect("vm").info().disk_strategy,
+        "dm-snapshot"
+    );
+    for (step, device) in [
+        (Step::Stop, false),
+        (Step::Start, true),
+        (Step::Kill, false),
+    ] {
+        run_step(&svc, bed.repo.clone(), step).await.expect("step");
+        assert_eq!(!bed.world.devices().is_empty(), device, "after {step:?}");
+        assert!(disk.exists(), "the COW file went at {step:?}");
+    }
+    run_step(&svc, bed.repo.clone(), Step::Delete)
+        .await
+        .expect("delete");
+    assert!(!disk.exists() && bed.world.devices().is_empty());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vmm_that_exits_on_its_own_is_marked_stopped_and_cleaned() {
