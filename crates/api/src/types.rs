@@ -43,7 +43,7 @@ impl std::fmt::Display for VmState {
 }
 
 /// What a user asks for at `vm create`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct VmSpec {
     pub name: String,
     pub cpus: u32,
@@ -55,6 +55,25 @@ pub struct VmSpec {
     /// caller's own key, so it can `ssh NAME.vm` itself).
     #[serde(default)]
     pub authorized_keys: Vec<String>,
+    /// Lifetime in seconds (`--ttl`): the daemon deletes the VM when it ends.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// A workspace prepared as part of the create (`--repo`); if that
+    /// fails, the VM goes.
+    #[serde(default)]
+    pub workspace: Option<WorkspaceSpec>,
+}
+
+/// The workspace `vm create --repo` prepares (as `workspace prepare`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceSpec {
+    /// Absolute path on the host.
+    pub repo: String,
+    /// `overlay` or `full_copy`.
+    pub mode: String,
+    pub readonly: bool,
+    #[serde(default)]
+    pub include_ignored: bool,
 }
 
 /// A VM as `vm show --json` prints it.
@@ -85,6 +104,10 @@ pub struct VmInfo {
     /// Why the VM is in `error`, when it is.
     pub last_error: Option<String>,
     pub workspace: Option<WorkspaceInfo>,
+    /// When the daemon deletes the VM (seconds since the Unix epoch), if
+    /// it has a lifetime.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
 }
 
 /// The workspace prepared in a VM.
@@ -118,6 +141,18 @@ pub struct ImageInfo {
     /// until the last of them is deleted.
     #[serde(default)]
     pub used_by: Vec<String>,
+    /// The Debian suite it was built from.
+    #[serde(default)]
+    pub suite: String,
+    /// Packages added beyond the base set (`image build --include`).
+    #[serde(default)]
+    pub includes: Vec<String>,
+    /// SHA-256 of the build script (`image build --script`), if any.
+    #[serde(default)]
+    pub script_sha256: Option<String>,
+    /// `VM (IMAGE vVERSION)` for an image made by `image create --from-vm`.
+    #[serde(default)]
+    pub from_vm: Option<String>,
 }
 
 /// Where an operation stands.

@@ -21,6 +21,7 @@ fn spec(name: &str, image: &str) -> VmSpec {
         image: image.into(),
         nat: false,
         authorized_keys: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -30,6 +30,14 @@ pub enum VmCommand {
         disk: u32,
         #[arg(long, default_value = "default")]
         image: String,
+        #[command(flatten)]
+        extra: super::vmcreate::CreateExtra,
+    },
+    /// Set how long a VM lives from now (90s, 30m, 2h, 1d), or `none`.
+    SetTtl {
+        name: String,
+        #[arg(value_name = "DURATION|none")]
+        ttl: String,
     },
     /// Boot a stopped VM.
     Start { name: String },
@@ -100,8 +108,10 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
             memory,
             disk,
             image,
+            extra,
         } => {
             validate_vm_name(&name)?;
+            let (ttl_secs, workspace) = extra.parse()?;
             // Not root: the guest also authorizes this user's own key.
             let authorized_keys = if useraccess::is_root() {
                 Vec::new()
@@ -116,6 +126,8 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 image,
                 nat,
                 authorized_keys,
+                ttl_secs,
+                workspace,
             };
             let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
             if !useraccess::is_root() {
@@ -125,7 +137,14 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 "{} is running at {} (ssh: banger vm ssh {})",
                 vm.name, vm.ip, vm.name
             );
+            if let Some(ws) = &vm.workspace {
+                eprintln!("{} is at /root/repo ({}, HEAD {})", ws.source, ws.mode, ws.head);
+            }
+            if let Some(at) = vm.expires_at {
+                eprintln!("{} is deleted in {}", vm.name, super::vmcreate::left(at));
+            }
         }
+        VmCommand::SetTtl { name, ttl } => return super::vmcreate::set_ttl(socket, &name, &ttl),
         VmCommand::Start { name } => state_change(
             socket,
             &name,

@@ -2,6 +2,7 @@
 //! a VM's strategy is chosen at create from what its backend opens and what
 //! the host supports ([`choose`]), and stored with the VM.
 
+pub mod probe;
 pub mod qcow2;
 pub mod sparse;
 

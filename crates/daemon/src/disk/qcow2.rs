@@ -27,6 +27,8 @@ impl CowDisk for Qcow2 {
             ));
         }
         let base = base.canonicalize().map_err(|e| DiskError::io(base, e))?;
+        // A built image is raw; one made from a VM is itself a qcow2 layer.
+        let base_format = super::probe::format(&base).as_str();
         let size = format!("{size_gib}G");
         cmd::run(
             "qemu-img",
@@ -36,7 +38,7 @@ impl CowDisk for Qcow2 {
                 "-f".as_ref(),
                 "qcow2".as_ref(),
                 "-F".as_ref(),
-                "raw".as_ref(),
+                base_format.as_ref(),
                 "-b".as_ref(),
                 base.as_os_str(),
                 dest.as_os_str(),

@@ -100,5 +100,6 @@ pub fn host(layout: &Layout, accel: AccelChoice) -> Host {
         }),
         disks: crate::disk::system_strategies(),
         backends: crate::vmm::system_backends(accel, verdict),
+        clock: Arc::new(super::clock::SystemClock),
     }
 }

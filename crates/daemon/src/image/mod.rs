@@ -5,6 +5,7 @@ pub mod build;
 pub mod catalog;
 pub mod cpio;
 pub mod customize;
+pub mod fromvm;
 
 /// See [`crate::hosterror::HostError`].
 pub type ImageError = crate::hosterror::HostError;
@@ -16,6 +17,15 @@ pub struct Manifest {
     pub kernel: String,
     pub suite: String,
     pub built_at: i64,
+    /// Packages beyond the base set.
+    #[serde(default)]
+    pub includes: Vec<String>,
+    /// SHA-256 of the build script, if there was one.
+    #[serde(default)]
+    pub script_sha256: Option<String>,
+    /// `VM (IMAGE vVERSION)` for an image made from a VM's disk.
+    #[serde(default)]
+    pub from_vm: Option<String>,
 }
 
 /// The name `vm create` uses when none is given.

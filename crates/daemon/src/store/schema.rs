@@ -53,6 +53,10 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE vms ADD COLUMN image_version INTEGER NOT NULL DEFAULT 0;
     ",
+    // 4: when the daemon deletes the VM (`vm create --ttl`); none before.
+    "
+    ALTER TABLE vms ADD COLUMN expires_at INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -135,6 +135,15 @@ impl Store {
         Ok(())
     }
 
+    /// Sets or clears when the daemon deletes `name` (see `vm::ttl`).
+    pub fn set_expiry(&self, name: &str, expires_at: Option<i64>) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE vms SET expires_at = ?2 WHERE name = ?1",
+            params![name, expires_at],
+        )?;
+        Ok(())
+    }
+
     pub fn delete_vm(&self, name: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM vms WHERE name = ?1", [name])?;
@@ -171,6 +180,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
         last_error: r.get("last_error")?,
         workspace: workspace.and_then(|w| serde_json::from_str(&w).ok()),
         owner_uid: r.get("owner_uid")?,
+        expires_at: r.get("expires_at")?,
     })
 }
 
@@ -204,6 +214,7 @@ mod tests {
             image: "default".into(),
             nat: false,
             authorized_keys: Vec::new(),
+            ..Default::default()
         };
         VmRecord::draft(&spec, "qemu", Strategy::Qcow2, 1000)
     }

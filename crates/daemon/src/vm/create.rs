@@ -95,7 +95,7 @@ impl VmService {
 
     fn check_disk_size(&self, spec: &VmSpec) -> R<()> {
         let rootfs = self.current_image(&spec.image)?.rootfs();
-        let bytes = std::fs::metadata(&rootfs).map(|m| m.len()).unwrap_or(0);
+        let bytes = disk::probe::virtual_size(&rootfs);
         let min_gib = bytes.div_ceil(1 << 30) as u32;
         if spec.disk_gib < min_gib {
             return Err(VmError::InvalidArgument(format!(
@@ -270,6 +270,7 @@ mod tests {
             image: "default".into(),
             nat: false,
             authorized_keys: Vec::new(),
+            ..Default::default()
         }
     }
 

@@ -73,6 +73,7 @@ mod tests {
             image: "default".into(),
             nat: false,
             authorized_keys: Vec::new(),
+            ..Default::default()
         };
         VmRecord {
             state,

@@ -7,6 +7,7 @@ mod boot;
 pub mod caller;
 mod create;
 pub mod error;
+mod imagefromvm;
 mod images;
 pub mod lifecycle;
 pub mod ports;
@@ -14,10 +15,12 @@ mod power;
 mod reads;
 pub mod reconcile;
 pub mod record;
+mod oneshot;
 mod remove;
 pub mod runner;
 pub mod service;
 pub mod transition;
+mod ttl;
 
 #[cfg(test)]
 mod tests;

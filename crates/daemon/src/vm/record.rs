@@ -38,6 +38,8 @@ pub struct VmRecord {
     pub workspace: Option<WorkspaceInfo>,
     /// The uid of the caller that created it.
     pub owner_uid: u32,
+    /// When the daemon deletes it (`--ttl`), seconds since the Unix epoch.
+    pub expires_at: Option<i64>,
 }
 
 impl VmRecord {
@@ -64,6 +66,7 @@ impl VmRecord {
             last_error: None,
             workspace: None,
             owner_uid,
+            expires_at: None,
         }
     }
 
@@ -93,6 +96,7 @@ impl VmRecord {
             pid: self.runtime.map(|r| r.pid),
             last_error: self.last_error.clone(),
             workspace: self.workspace.clone(),
+            expires_at: self.expires_at,
         }
     }
 }

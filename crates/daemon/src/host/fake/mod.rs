@@ -71,6 +71,17 @@ struct State {
     owners: BTreeMap<PathBuf, u32>,
     /// The uid each fake VMM runs as.
     vmm_uids: BTreeMap<u32, Option<u32>>,
+    /// How far the fake clock is ahead of the system clock, in seconds.
+    clock_offset: i64,
+}
+
+/// The system clock, moved on by [`World::advance_clock`].
+pub struct FakeClock(World);
+
+impl crate::host::clock::Clock for FakeClock {
+    fn now(&self) -> i64 {
+        crate::store::now() + self.0.state().clock_offset
+    }
 }
 
 /// The fake host's state, shared by every fake port (and surviving a
@@ -92,7 +103,13 @@ impl World {
             guest: Arc::new(FakeGuest(self.clone())),
             disks: vec![Arc::new(FakeDisk(self.clone()))],
             backends: vec![Arc::new(FakeVmm(self.clone()))],
+            clock: Arc::new(FakeClock(self.clone())),
         }
+    }
+
+    /// Moves the fake clock `secs` seconds ahead of the system clock.
+    pub fn advance_clock(&self, secs: i64) {
+        self.state().clock_offset += secs;
     }
 
     /// Forgets the points counted so far; the next call is point 0.

@@ -166,6 +166,7 @@ pub fn spec(name: &str, nat: bool) -> VmSpec {
         image: "default".into(),
         nat,
         authorized_keys: Vec::new(),
+        ..Default::default()
     }
 }
 
