@@ -8,6 +8,7 @@ use anyhow::{ensure, Context};
 use serde_json::Value;
 
 use super::env::VmSpec;
+use super::everyday;
 use super::{note, trust, Env, Outcome, Scenario};
 
 pub const ALL: &[Scenario] = &[
@@ -37,6 +38,12 @@ pub const ALL: &[Scenario] = &[
     Scenario::together("vm kill --signal KILL ends stopped and clean", kill).vms(&[&LIFE]),
     // Restarts the daemon: nothing else may talk to it meanwhile.
     Scenario::last("dns resolves NAME.vm, also after a daemon restart", dns).vms(&[&SHARED]),
+    // Restarts the daemon too.
+    Scenario::last(
+        "vm set-ttl: a daemon restart keeps the deadline",
+        everyday::ttl_restart,
+    )
+    .makes(&[everyday::TTL_RESTART]),
     Scenario::together("vm ports shows sshd at NAME.vm:22", ports).vms(&[&SHARED]),
     Scenario::together(
         "nat rule: scoped, idempotent across stop/start, removed on delete",
@@ -73,6 +80,29 @@ pub const ALL: &[Scenario] = &[
         trust::guest_cannot_hold,
     )
     .makes(&["smoke-hog"])
+    .early(),
+    Scenario::together(
+        "image build --include and --script, booted",
+        everyday::image_custom,
+    )
+    .makes(&[everyday::CUSTOM])
+    .early(),
+    Scenario::together(
+        "image create --from-vm keeps the VM's files",
+        everyday::image_from_vm,
+    )
+    .makes(&[everyday::SRC, "smoke-snapvm"])
+    .early(),
+    Scenario::together(
+        "one step: vm create --repo prepares; a bad repo makes no VM",
+        everyday::create_with_repo,
+    )
+    .makes(&[everyday::REPO]),
+    Scenario::together(
+        "lifetime: vm create --ttl, the VM goes when it ends",
+        everyday::ttl,
+    )
+    .makes(&[everyday::TTL])
     .early(),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
@@ -937,7 +967,7 @@ mod tests {
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
-    const NAMES: [&str; 26] = [
+    const NAMES: [&str; 31] = [
         "daemon up",
         "image build",
         "bad input is refused without side effects",
@@ -953,6 +983,7 @@ mod tests {
         "vm restart gives a fresh boot_id",
         "vm kill --signal KILL ends stopped and clean",
         "dns resolves NAME.vm, also after a daemon restart",
+        "vm set-ttl: a daemon restart keeps the deadline",
         "vm ports shows sshd at NAME.vm:22",
         "nat rule: scoped, idempotent across stop/start, removed on delete",
         "ssh-config --install/--uninstall",
@@ -963,6 +994,10 @@ mod tests {
         "guests reach only DNS of the host, and each other",
         "a group member uses their own VMs, and only those",
         "a guest cannot hold the daemon: 100 MB export streams, kill wins over a hung one",
+        "image build --include and --script, booted",
+        "image create --from-vm keeps the VM's files",
+        "one step: vm create --repo prepares; a bad repo makes no VM",
+        "lifetime: vm create --ttl, the VM goes when it ends",
         "vm delete leaves nothing behind",
     ];
 
