@@ -123,7 +123,7 @@ pub fn create_with_repo(env: &Env) -> anyhow::Result<Outcome> {
     ensure!(ws["head"] == head.as_str() && ws["mode"] == "full_copy", "workspace: {ws}");
     let guest_head = env.sh(REPO, "git -C /root/repo rev-parse HEAD")?;
     ensure!(guest_head.trim() == head, "guest HEAD {guest_head:?}, host {head}");
-    let writable = env.sh(REPO, "find /root/repo -perm /222 | wc -l")?;
+    let writable = env.sh(REPO, "find /root/repo -mindepth 1 ! -type l -perm /222 | wc -l")?;
     ensure!(writable.trim() == "0", "--readonly left {writable} writable files");
     env.ok(&["vm", "delete", "-f", REPO])?;
     Ok(Outcome::Pass)

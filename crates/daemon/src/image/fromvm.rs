@@ -15,6 +15,8 @@
 //!
 //! The kernel and initrd are the parent version's (hard links too).
 
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::{ImageError, Manifest};
@@ -124,6 +126,9 @@ fn copy(from: &Path, to: &Path) -> Result<(), ImageError> {
         to.as_os_str(),
     ];
     cmd::run("cp", &args)?;
+    // Readable by every VMM's uid (the VM's disk was its VMM's alone).
+    std::fs::set_permissions(to, Permissions::from_mode(0o644))
+        .map_err(|e| ImageError::io(to, e))?;
     std::fs::File::open(to)
         .and_then(|f| f.sync_all())
         .map_err(|e| ImageError::io(to, e))
@@ -175,6 +180,8 @@ mod tests {
         let b = base.to_str().unwrap();
         qemu_img(&["create", "-q", "-f", "qcow2", "-F", fmt, "-b", b, disk.to_str().unwrap(), "16M"]);
         io(&disk, &format!("write -P {pattern} {offset} 64k"));
+        // A VM's disk is its VMM's alone.
+        std::fs::set_permissions(&disk, Permissions::from_mode(0o600)).unwrap();
         disk
     }
 
@@ -215,6 +222,8 @@ mod tests {
         let disk = vm_disk(&vm, &v1.rootfs(), "0x5a", 0);
         let mine1 = make(&t.path().join("mine/1"), &v1, &disk);
         assert_eq!(mine1.rootfs(), mine1.dir.join("rootfs.qcow2"));
+        let mode = std::fs::metadata(mine1.rootfs()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "every VMM's uid reads the image");
         assert!(mine1.exists());
         assert_eq!(std::fs::read_to_string(mine1.kernel()).unwrap(), "kernel");
         // A VM of the new image, and an image made from that VM: a chain.
