@@ -176,7 +176,11 @@ fn mmdebstrap(
         .map_err(|e| cmd::spawn_error("mmdebstrap", &[], e))?;
     let mut tail = Vec::new();
     if let Some(stderr) = child.stderr.take() {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        // Every line is read to the end, whatever its bytes (a line that is
+        // not UTF-8 must not stop the reading: mmdebstrap would die of
+        // SIGPIPE at its next write).
+        let lines = BufReader::new(stderr).split(b'\n').map_while(Result::ok);
+        for line in lines.map(|l| String::from_utf8_lossy(&l).into_owned()) {
             if let Some(msg) = line.strip_prefix("I: ") {
                 report(&format!("debootstrap: {msg}"), progress_of(msg));
             }
