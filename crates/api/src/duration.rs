@@ -77,7 +77,16 @@ mod tests {
     #[test]
     fn everything_else_is_refused_on_one_line() {
         for bad in [
-            "", "10", "s", "-5m", "1.5h", "0s", "366d", "2w", "1h30m", "9999999999999999999999d",
+            "",
+            "10",
+            "s",
+            "-5m",
+            "1.5h",
+            "0s",
+            "366d",
+            "2w",
+            "1h30m",
+            "9999999999999999999999d",
         ] {
             let e = parse_ttl(bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}");

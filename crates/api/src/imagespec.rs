@@ -135,7 +135,11 @@ mod tests {
         assert_eq!(s.suite, "bookworm");
         assert!(s.validate().is_ok());
         s.suite = "sid".into();
-        assert!(s.validate().unwrap_err().message.contains("bookworm, trixie"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .message
+            .contains("bookworm, trixie"));
         s.suite = "trixie".into();
         s.includes = split_includes("jq, hello");
         assert_eq!(s.includes, ["jq", "hello"]);

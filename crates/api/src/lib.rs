@@ -13,8 +13,8 @@ pub use error::{ApiError, ErrorCode};
 pub use imagespec::ImageBuildSpec;
 pub use names::{validate_image_name, validate_vm_name};
 pub use protocol::{Event, Progress, Request};
-pub use types::{ImageInfo, OpInfo, OpState, PortInfo, SshInfo, VmInfo, VmSpec, VmState,
-    WorkspaceSpec,
+pub use types::{
+    ImageInfo, OpInfo, OpState, PortInfo, SshInfo, VmInfo, VmSpec, VmState, WorkspaceSpec,
 };
 
 /// Default path of the daemon's socket.

@@ -95,7 +95,10 @@ pub fn vm_details(v: &VmInfo) {
         rows.push(("pid", pid.to_string()));
     }
     if let Some(at) = v.expires_at {
-        rows.push(("ttl", format!("{} left", crate::commands::vmcreate::left(at))));
+        rows.push((
+            "ttl",
+            format!("{} left", crate::commands::vmcreate::left(at)),
+        ));
     }
     if let Some(e) = &v.last_error {
         rows.push(("error", e.clone()));

@@ -43,16 +43,34 @@ pub fn image_custom(env: &Env) -> anyhow::Result<Outcome> {
     let script = env.dir.join("build-script.sh");
     std::fs::write(&script, SCRIPT)?;
     let digest = crate::sh::quiet(&["sha256sum", &script.to_string_lossy()])?;
-    let digest = digest.split_whitespace().next().unwrap_or_default().to_string();
+    let digest = digest
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let t = Instant::now();
     let script_arg = script.to_string_lossy().into_owned();
     env.ok(&[
-        "image", "build", CUSTOM, "--include", "hello", "--script", &script_arg,
+        "image",
+        "build",
+        CUSTOM,
+        "--include",
+        "hello",
+        "--script",
+        &script_arg,
     ])?;
-    note(format!("image build with --include and --script: {:.0}s", t.elapsed().as_secs_f64()));
+    note(format!(
+        "image build with --include and --script: {:.0}s",
+        t.elapsed().as_secs_f64()
+    ));
     let versions = image_versions(env, CUSTOM)?;
-    let v = versions.first().context("image list does not show the image")?;
-    ensure!(v["includes"] == serde_json::json!(["hello"]), "includes: {v}");
+    let v = versions
+        .first()
+        .context("image list does not show the image")?;
+    ensure!(
+        v["includes"] == serde_json::json!(["hello"]),
+        "includes: {v}"
+    );
     ensure!(v["script_sha256"] == digest.as_str(), "script digest: {v}");
     ensure!(v["suite"] == "bookworm", "suite: {v}");
     let table = env.ok(&["image", "list"])?;
@@ -61,9 +79,14 @@ pub fn image_custom(env: &Env) -> anyhow::Result<Outcome> {
     let hello = env.sh(CUSTOM, "hello")?;
     ensure!(hello.contains("Hello, world!"), "hello: {hello:?}");
     let baked = env.sh(CUSTOM, "cat /etc/banger-smoke-script")?;
-    ensure!(baked.trim() == "baked at build time", "script's file: {baked:?}");
     ensure!(
-        env.sh(CUSTOM, "test ! -e /tmp/banger-build-script && echo gone")?.trim() == "gone",
+        baked.trim() == "baked at build time",
+        "script's file: {baked:?}"
+    );
+    ensure!(
+        env.sh(CUSTOM, "test ! -e /tmp/banger-build-script && echo gone")?
+            .trim()
+            == "gone",
         "the build script was left in the image"
     );
     env.ok(&["vm", "delete", "-f", CUSTOM])?;
@@ -84,7 +107,9 @@ pub fn image_from_vm(env: &Env) -> anyhow::Result<Outcome> {
     env.ok(&["image", "create", SNAP, "--from-vm", SRC])?;
     let took = t.elapsed();
     let versions = image_versions(env, SNAP)?;
-    let v = versions.first().context("image list does not show the new image")?;
+    let v = versions
+        .first()
+        .context("image list does not show the new image")?;
     ensure!(
         v["from_vm"].as_str().is_some_and(|f| f.starts_with(SRC)),
         "from_vm: {v}"
@@ -118,13 +143,28 @@ pub fn create_with_repo(env: &Env) -> anyhow::Result<Outcome> {
     ensure!(!gone.status.success(), "a VM was made for a bad repo");
     let (repo, head) = env.host_repo(REPO)?;
     let repo = repo.to_string_lossy().into_owned();
-    env.create(REPO, &["--repo", &repo, "--mode", "full_copy", "--readonly"])?;
+    env.create(
+        REPO,
+        &["--repo", &repo, "--mode", "full_copy", "--readonly"],
+    )?;
     let ws = &env.vm_json(REPO)?["workspace"];
-    ensure!(ws["head"] == head.as_str() && ws["mode"] == "full_copy", "workspace: {ws}");
+    ensure!(
+        ws["head"] == head.as_str() && ws["mode"] == "full_copy",
+        "workspace: {ws}"
+    );
     let guest_head = env.sh(REPO, "git -C /root/repo rev-parse HEAD")?;
-    ensure!(guest_head.trim() == head, "guest HEAD {guest_head:?}, host {head}");
-    let writable = env.sh(REPO, "find /root/repo -mindepth 1 ! -type l -perm /222 | wc -l")?;
-    ensure!(writable.trim() == "0", "--readonly left {writable} writable files");
+    ensure!(
+        guest_head.trim() == head,
+        "guest HEAD {guest_head:?}, host {head}"
+    );
+    let writable = env.sh(
+        REPO,
+        "find /root/repo -mindepth 1 ! -type l -perm /222 | wc -l",
+    )?;
+    ensure!(
+        writable.trim() == "0",
+        "--readonly left {writable} writable files"
+    );
     env.ok(&["vm", "delete", "-f", REPO])?;
     Ok(Outcome::Pass)
 }
@@ -150,16 +190,26 @@ pub fn ttl(env: &Env) -> anyhow::Result<Outcome> {
     )?;
     env.create(TTL, &["--ttl", "40s"])?;
     let list = env.ok(&["vm", "list"])?;
-    let line = list.lines().find(|l| l.starts_with(TTL)).unwrap_or_default();
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(TTL))
+        .unwrap_or_default();
     ensure!(
-        line.split_whitespace().last().is_some_and(|t| t.ends_with('s')),
+        line.split_whitespace()
+            .last()
+            .is_some_and(|t| t.ends_with('s')),
         "vm list shows no time left: {line:?}"
     );
-    let expires = env.vm_json(TTL)?["expires_at"].as_i64().context("no expires_at")?;
+    let expires = env.vm_json(TTL)?["expires_at"]
+        .as_i64()
+        .context("no expires_at")?;
     let left = expires - now();
     ensure!((1..=40).contains(&left), "{left}s left of 40s");
     let took = wait_gone(env, TTL, Duration::from_secs(left as u64 + 30))?;
-    note(format!("deleted {:.0}s after {left}s were left", took.as_secs_f64()));
+    note(format!(
+        "deleted {:.0}s after {left}s were left",
+        took.as_secs_f64()
+    ));
     let list = env.ok(&["vm", "list"])?;
     ensure!(!list.contains(TTL), "still listed: {list}");
     Ok(Outcome::Pass)
@@ -169,9 +219,14 @@ pub fn ttl(env: &Env) -> anyhow::Result<Outcome> {
 pub fn ttl_restart(env: &Env) -> anyhow::Result<Outcome> {
     env.create(TTL_RESTART, &["--ttl", "1d"])?;
     env.ok(&["vm", "set-ttl", TTL_RESTART, "none"])?;
-    ensure!(env.vm_json(TTL_RESTART)?["expires_at"].is_null(), "none kept a deadline");
+    ensure!(
+        env.vm_json(TTL_RESTART)?["expires_at"].is_null(),
+        "none kept a deadline"
+    );
     env.ok(&["vm", "set-ttl", TTL_RESTART, "25s"])?;
-    let expires = env.vm_json(TTL_RESTART)?["expires_at"].as_i64().context("no deadline")?;
+    let expires = env.vm_json(TTL_RESTART)?["expires_at"]
+        .as_i64()
+        .context("no deadline")?;
     env.stop_daemon();
     std::thread::sleep(Duration::from_secs(3));
     env.start_daemon()?;

@@ -191,10 +191,16 @@ mod tests {
         };
         let r = row(&i);
         assert_eq!((r[1].as_str(), r[7].as_str()), ("2 (current)", "a,b"));
-        assert_eq!((r[2].as_str(), r[6].as_str()), ("bookworm", "+jq script:ba7816bf8f01"));
+        assert_eq!(
+            (r[2].as_str(), r[6].as_str()),
+            ("bookworm", "+jq script:ba7816bf8f01")
+        );
         (i.current, i.used_by, i.includes, i.script_sha256) = (false, Vec::new(), Vec::new(), None);
         let r = row(&i);
-        assert_eq!((r[1].as_str(), r[6].as_str(), r[7].as_str()), ("2", "-", "-"));
+        assert_eq!(
+            (r[1].as_str(), r[6].as_str(), r[7].as_str()),
+            ("2", "-", "-")
+        );
         i.from_vm = Some("dev (default v2)".into());
         assert_eq!(row(&i)[6], "from dev (default v2)");
     }
@@ -203,9 +209,12 @@ mod tests {
     fn bad_packages_and_unreadable_scripts_stop_the_build_here() {
         let e = build_spec(&["jq;rm".into()], None, "bookworm".into()).unwrap_err();
         assert!(e.to_string().contains("not a Debian package name"), "{e}");
-        let e = build_spec(&[], Some(Path::new("/nonexistent/s.sh")), "bookworm".into())
-            .unwrap_err();
-        assert!(format!("{e:#}").contains("--script /nonexistent/s.sh"), "{e:#}");
+        let e =
+            build_spec(&[], Some(Path::new("/nonexistent/s.sh")), "bookworm".into()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--script /nonexistent/s.sh"),
+            "{e:#}"
+        );
         let ok = build_spec(&["jq,hello".into(), "tree".into()], None, "trixie".into()).unwrap();
         assert_eq!(ok.includes, ["jq", "hello", "tree"]);
     }

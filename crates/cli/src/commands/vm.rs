@@ -138,7 +138,10 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 vm.name, vm.ip, vm.name
             );
             if let Some(ws) = &vm.workspace {
-                eprintln!("{} is at /root/repo ({}, HEAD {})", ws.source, ws.mode, ws.head);
+                eprintln!(
+                    "{} is at /root/repo ({}, HEAD {})",
+                    ws.source, ws.mode, ws.head
+                );
             }
             if let Some(at) = vm.expires_at {
                 eprintln!("{} is deleted in {}", vm.name, super::vmcreate::left(at));

@@ -53,7 +53,10 @@ impl CowDisk for SparseCopy {
 /// writes it sparse, then it grows to the disk size.
 fn from_layers(base: &Path, dest: &Path, size_gib: u32) -> Result<(), DiskError> {
     if dest.exists() {
-        return Err(DiskError::io(dest, std::io::ErrorKind::AlreadyExists.into()));
+        return Err(DiskError::io(
+            dest,
+            std::io::ErrorKind::AlreadyExists.into(),
+        ));
     }
     // `-S 4k`: runs of zeros of 4 KiB or more stay holes.
     let args: [&std::ffi::OsStr; 8] = [

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::{catalog, customize, ImageError, Manifest};
-use banger_api::ImageBuildSpec;
 use crate::cmd;
 use crate::layout::{ImagePaths, Layout};
+use banger_api::ImageBuildSpec;
 
 /// Debian packages in every image.
 pub const PACKAGES: &[&str] = &[
@@ -130,7 +130,10 @@ pub fn packages(spec: &ImageBuildSpec) -> Vec<String> {
 /// (mmdebstrap's own `upload`, then `chroot`), and remove it after.
 pub fn script_hooks(script: &Path) -> Vec<String> {
     vec![
-        format!("--customize-hook=upload {} {SCRIPT_IN_TREE}", script.display()),
+        format!(
+            "--customize-hook=upload {} {SCRIPT_IN_TREE}",
+            script.display()
+        ),
         format!("--customize-hook=chroot \"$1\" /bin/sh {SCRIPT_IN_TREE}"),
         format!("--customize-hook=rm -f \"$1{SCRIPT_IN_TREE}\""),
     ]

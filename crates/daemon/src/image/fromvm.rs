@@ -178,7 +178,18 @@ mod tests {
         let _ = std::fs::remove_file(&disk);
         let fmt = probe::format(base).as_str();
         let b = base.to_str().unwrap();
-        qemu_img(&["create", "-q", "-f", "qcow2", "-F", fmt, "-b", b, disk.to_str().unwrap(), "16M"]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            fmt,
+            "-b",
+            b,
+            disk.to_str().unwrap(),
+            "16M",
+        ]);
         io(&disk, &format!("write -P {pattern} {offset} 64k"));
         // A VM's disk is its VMM's alone.
         std::fs::set_permissions(&disk, Permissions::from_mode(0o600)).unwrap();
@@ -222,7 +233,10 @@ mod tests {
         let disk = vm_disk(&vm, &v1.rootfs(), "0x5a", 0);
         let mine1 = make(&t.path().join("mine/1"), &v1, &disk);
         assert_eq!(mine1.rootfs(), mine1.dir.join("rootfs.qcow2"));
-        let mode = std::fs::metadata(mine1.rootfs()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(mine1.rootfs())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o644, "every VMM's uid reads the image");
         assert!(mine1.exists());
         assert_eq!(std::fs::read_to_string(mine1.kernel()).unwrap(), "kernel");

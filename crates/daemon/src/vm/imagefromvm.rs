@@ -69,11 +69,7 @@ impl VmService {
 }
 
 /// The parent's manifest, renamed, dated now, marked as made from `vm`.
-fn derived_manifest(
-    parent: &crate::layout::ImagePaths,
-    name: &str,
-    vm: &VmRecord,
-) -> R<Manifest> {
+fn derived_manifest(parent: &crate::layout::ImagePaths, name: &str, vm: &VmRecord) -> R<Manifest> {
     let text = std::fs::read_to_string(parent.manifest()).map_err(|e| {
         VmError::ImageMissing(format!(
             "the image {} version {} of {} is not readable ({e}); it cannot be the base of a new image",

@@ -35,7 +35,9 @@ impl VmService {
         let ttl = spec.ttl_secs.take();
         let name = spec.name.clone();
         let mut info = self.create(spec, caller, sink.clone()).await?;
-        let finished = self.finish_create(caller, &mut info, ttl, prepare, sink).await;
+        let finished = self
+            .finish_create(caller, &mut info, ttl, prepare, sink)
+            .await;
         if let Err(e) = finished {
             if let Err(undo) = self.delete(Caller::ROOT, &name, true, None).await {
                 tracing::warn!(vm = %name, "deleting after a failed create: {undo}");

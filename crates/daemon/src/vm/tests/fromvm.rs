@@ -28,7 +28,11 @@ async fn an_image_from_a_stopped_vm_is_its_disk_and_outlives_it() {
     svc.create(spec("dev", false), ROOT, None)
         .await
         .expect("create");
-    let (c, msg) = refused(svc.image_create(ROOT, "mine", "dev", None).await.unwrap_err());
+    let (c, msg) = refused(
+        svc.image_create(ROOT, "mine", "dev", None)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(c, ErrorCode::InvalidState);
     assert!(msg.contains("banger vm stop dev"), "{msg}");
     svc.stop(ROOT, "dev", None).await.expect("stop");
@@ -40,12 +44,21 @@ async fn an_image_from_a_stopped_vm_is_its_disk_and_outlives_it() {
         let (c, _) = refused(svc.image_create(caller, image, vm, None).await.unwrap_err());
         assert_eq!(c, want, "{image} {vm}");
     }
-    assert!(!l.image_root("mine").exists(), "a refused create made files");
+    assert!(
+        !l.image_root("mine").exists(),
+        "a refused create made files"
+    );
 
-    let info = svc.image_create(ROOT, "mine", "dev", None).await.expect("image create");
+    let info = svc
+        .image_create(ROOT, "mine", "dev", None)
+        .await
+        .expect("image create");
     assert_eq!((info.version, info.current), (1, true));
     assert_eq!(info.from_vm.as_deref(), Some("dev (default v1)"));
-    assert_eq!((info.suite.as_str(), info.kernel.as_str()), ("bookworm", "v1"));
+    assert_eq!(
+        (info.suite.as_str(), info.kernel.as_str()),
+        ("bookworm", "v1")
+    );
     let mine = l.image_version("mine", 1);
     let dev_disk = l.vm_disk("dev", svc.record("dev").unwrap().disk);
     assert_eq!(
@@ -59,7 +72,9 @@ async fn an_image_from_a_stopped_vm_is_its_disk_and_outlives_it() {
     svc.image_rm(ROOT, "default").expect("rm default");
     let mut s = spec("child", false);
     s.image = "mine".into();
-    svc.create(s, ROOT, None).await.expect("a VM of the new image");
+    svc.create(s, ROOT, None)
+        .await
+        .expect("a VM of the new image");
     let child = svc.record("child").unwrap();
     assert_eq!((child.image.as_str(), child.image_version), ("mine", 1));
     let disk = std::fs::read_to_string(l.vm_disk("child", child.disk)).unwrap();

@@ -43,7 +43,14 @@ async fn a_vm_goes_when_its_lifetime_ends_and_a_restart_keeps_the_deadline() {
     let listed = svc.list(ROOT).await.expect("list");
     let short = listed.iter().find(|v| v.name == "short").expect("short");
     assert_eq!(short.expires_at, info.expires_at);
-    assert_eq!(listed.iter().find(|v| v.name == "forever").unwrap().expires_at, None);
+    assert_eq!(
+        listed
+            .iter()
+            .find(|v| v.name == "forever")
+            .unwrap()
+            .expires_at,
+        None
+    );
 
     bed.world.advance_clock(60);
     assert!(svc.expire_due().await.is_empty(), "30 s are left");
@@ -109,7 +116,10 @@ async fn create_with_a_repo_prepares_it_or_leaves_no_vm() {
     let not_repo = bed.repo.join(".git/objects");
     let plain = tempfile::tempdir().expect("tempdir");
     bed.world.reset_calls();
-    for (path, what) in [(plain.path(), "not a git repository"), (not_repo.as_path(), "")] {
+    for (path, what) in [
+        (plain.path(), "not a git repository"),
+        (not_repo.as_path(), ""),
+    ] {
         let e = svc
             .create_with(with_repo("bad", path), ROOT, None)
             .await
