@@ -6,7 +6,7 @@
 //! when complete (see [`super::catalog`]).
 
 use crate::pathio::FromPathIo;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -30,6 +30,9 @@ pub const PACKAGES: &[&str] = &[
     "tar",
     "less",
 ];
+
+/// mmdebstrap's log of the last build of an image, in `IMAGE_DIR/NAME/`.
+pub const BUILD_LOG: &str = ".build.log";
 
 /// Where the build script is put in the tree while it runs.
 const SCRIPT_IN_TREE: &str = "/tmp/banger-build-script";
@@ -177,6 +180,15 @@ fn mmdebstrap(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| cmd::spawn_error("mmdebstrap", &[], e))?;
+    // The whole log goes beside the image's versions: the error can only
+    // carry its end.
+    let log_path = tree
+        .parent()
+        .and_then(Path::parent)
+        .map(|root| root.join(BUILD_LOG));
+    let mut log = log_path
+        .as_ref()
+        .and_then(|p| std::fs::File::create(p).ok());
     let mut tail = Vec::new();
     if let Some(stderr) = child.stderr.take() {
         // Every line is read to the end, whatever its bytes (a line that is
@@ -184,6 +196,9 @@ fn mmdebstrap(
         // SIGPIPE at its next write).
         let lines = BufReader::new(stderr).split(b'\n').map_while(Result::ok);
         for line in lines.map(|l| String::from_utf8_lossy(&l).into_owned()) {
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
             if let Some(msg) = line.strip_prefix("I: ") {
                 report(&format!("debootstrap: {msg}"), progress_of(msg));
             }
@@ -195,8 +210,11 @@ fn mmdebstrap(
     }
     let status = child.wait().map_err(|e| ImageError::io(tree, e))?;
     if !status.success() {
+        let whole = log_path
+            .map(|p| format!("; the whole log is {}", p.display()))
+            .unwrap_or_default();
         return Err(ImageError::Invalid(format!(
-            "mmdebstrap failed ({status}): {}; check the package names and the build script",
+            "mmdebstrap failed ({status}): {}; check the package names and the build script{whole}",
             tail.join(" | ")
         )));
     }
