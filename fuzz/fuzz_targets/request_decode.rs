@@ -75,7 +75,9 @@ fuzz_target!(|data: &[u8]| {
     }
     match &req {
         Request::VmCreate { spec } => check_image_name(&spec.image),
-        Request::ImageBuild { name } | Request::ImageRm { name } => check_image_name(name),
+        Request::ImageBuild { name, .. }
+        | Request::ImageRm { name }
+        | Request::ImageCreate { name, .. } => check_image_name(name),
         Request::VmKill { signal, .. } => {
             if parse_signal(signal).is_some() {
                 let s = signal.to_ascii_uppercase();

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::imagespec::ImageBuildSpec;
 use crate::types::VmSpec;
 
 /// Every request the daemon serves. Mutating ones run as operations.
@@ -68,6 +69,19 @@ pub enum Request {
     },
     ImageBuild {
         name: String,
+        /// Packages, script and suite; an older client sends none.
+        #[serde(default)]
+        spec: ImageBuildSpec,
+    },
+    /// A new version of image `name` from the disk of stopped VM `from_vm`.
+    ImageCreate {
+        name: String,
+        from_vm: String,
+    },
+    /// Sets (seconds from now) or clears (`None`) a VM's lifetime.
+    VmSetTtl {
+        name: String,
+        ttl_secs: Option<u64>,
     },
     ImageList,
     ImageRm {
@@ -92,7 +106,9 @@ impl Request {
             | Request::VmLogRead { name, .. }
             | Request::VmPorts { name }
             | Request::WorkspacePrepare { name, .. }
-            | Request::WorkspaceExport { name, .. } => Some(name),
+            | Request::WorkspaceExport { name, .. }
+            | Request::VmSetTtl { name, .. } => Some(name),
+            Request::ImageCreate { from_vm, .. } => Some(from_vm),
             _ => None,
         }
     }

@@ -43,7 +43,7 @@ impl std::fmt::Display for VmState {
 }
 
 /// What a user asks for at `vm create`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct VmSpec {
     pub name: String,
     pub cpus: u32,
@@ -62,6 +62,25 @@ pub struct VmSpec {
     /// `reflink`, `copy`); none: the daemon's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_strategy: Option<String>,
+    /// Lifetime in seconds (`--ttl`): the daemon deletes the VM when it ends.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// A workspace prepared as part of the create (`--repo`); if that
+    /// fails, the VM goes.
+    #[serde(default)]
+    pub workspace: Option<WorkspaceSpec>,
+}
+
+/// The workspace `vm create --repo` prepares (as `workspace prepare`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceSpec {
+    /// Absolute path on the host.
+    pub repo: String,
+    /// `overlay` or `full_copy`.
+    pub mode: String,
+    pub readonly: bool,
+    #[serde(default)]
+    pub include_ignored: bool,
 }
 
 /// A VM as `vm show --json` prints it.
@@ -95,6 +114,10 @@ pub struct VmInfo {
     /// The template the VM was restored from (none: it booted cold).
     #[serde(default)]
     pub template: Option<String>,
+    /// When the daemon deletes the VM (seconds since the Unix epoch), if
+    /// it has a lifetime.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
 }
 
 /// The workspace prepared in a VM.
@@ -132,6 +155,18 @@ pub struct ImageInfo {
     /// (`2c-1024m-4g`: vCPUs, memory in MiB, disk in GiB).
     #[serde(default)]
     pub templates: Vec<String>,
+    /// The Debian suite it was built from.
+    #[serde(default)]
+    pub suite: String,
+    /// Packages added beyond the base set (`image build --include`).
+    #[serde(default)]
+    pub includes: Vec<String>,
+    /// SHA-256 of the build script (`image build --script`), if any.
+    #[serde(default)]
+    pub script_sha256: Option<String>,
+    /// `VM (IMAGE vVERSION)` for an image made by `image create --from-vm`.
+    #[serde(default)]
+    pub from_vm: Option<String>,
 }
 
 /// Where an operation stands.

@@ -59,12 +59,15 @@ pub fn vm_table(vms: &[VmInfo]) {
                 v.image.clone(),
                 if v.nat { "yes" } else { "no" }.to_string(),
                 age(v.created_at),
+                v.expires_at
+                    .map_or_else(|| "-".to_string(), crate::commands::vmcreate::left),
             ]
         })
         .collect();
     table(
         &[
             "NAME", "STATE", "IP", "VMM", "CPUS", "MEMORY", "DISK", "IMAGE", "NAT", "CREATED",
+            "TTL",
         ],
         &rows,
     );
@@ -97,6 +100,12 @@ pub fn vm_details(v: &VmInfo) {
     ];
     if let Some(pid) = v.pid {
         rows.push(("pid", pid.to_string()));
+    }
+    if let Some(at) = v.expires_at {
+        rows.push((
+            "ttl",
+            format!("{} left", crate::commands::vmcreate::left(at)),
+        ));
     }
     if let Some(e) = &v.last_error {
         rows.push(("error", e.clone()));

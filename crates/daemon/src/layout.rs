@@ -174,7 +174,14 @@ impl ImagePaths {
     pub fn initrd(&self) -> PathBuf {
         self.dir.join("initrd.img")
     }
+    /// The root filesystem new VMs' disks are made over: `rootfs.ext4`
+    /// (raw) for a built image, `rootfs.qcow2` (the top of a chain of
+    /// layers in the same directory) for one made from a VM.
     pub fn rootfs(&self) -> PathBuf {
+        let layered = self.dir.join("rootfs.qcow2");
+        if layered.exists() {
+            return layered;
+        }
         self.dir.join("rootfs.ext4")
     }
     /// Written last: an image without it is incomplete.

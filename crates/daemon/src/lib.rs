@@ -221,6 +221,7 @@ pub async fn run(
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 svc.refresh_all().await;
+                svc.expire_due().await;
                 svc.cap_console_logs(CONSOLE_LOG_MAX);
             }
         })

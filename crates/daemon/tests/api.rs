@@ -23,6 +23,7 @@ fn spec(name: &str, image: &str) -> VmSpec {
         authorized_keys: Vec::new(),
         cold: false,
         disk_strategy: None,
+        ..Default::default()
     }
 }
 

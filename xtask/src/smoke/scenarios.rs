@@ -8,6 +8,7 @@ use anyhow::{ensure, Context};
 use serde_json::Value;
 
 use super::env::VmSpec;
+use super::everyday;
 use super::{note, templates, trust, Env, Outcome, Scenario};
 
 pub const ALL: &[Scenario] = &[
@@ -42,6 +43,12 @@ pub const ALL: &[Scenario] = &[
     Scenario::together("vm kill --signal KILL ends stopped and clean", kill).vms(&[&LIFE]),
     // Restarts the daemon: nothing else may talk to it meanwhile.
     Scenario::last("dns resolves NAME.vm, also after a daemon restart", dns).vms(&[&SHARED]),
+    // Restarts the daemon too.
+    Scenario::last(
+        "vm set-ttl: a daemon restart keeps the deadline",
+        everyday::ttl_restart,
+    )
+    .makes(&[everyday::TTL_RESTART]),
     Scenario::together("vm ports shows sshd at NAME.vm:22", ports).vms(&[&SHARED]),
     Scenario::together(
         "nat rule: scoped, idempotent across stop/start, removed on delete",
@@ -84,6 +91,29 @@ pub const ALL: &[Scenario] = &[
         templates::restored_vms_are_their_own,
     )
     .makes(&["smoke-clone1", "smoke-clone2"]),
+    Scenario::together(
+        "image build --include and --script, booted",
+        everyday::image_custom,
+    )
+    .makes(&[everyday::CUSTOM])
+    .early(),
+    Scenario::together(
+        "image create --from-vm keeps the VM's files",
+        everyday::image_from_vm,
+    )
+    .makes(&[everyday::SRC, "smoke-snapvm"])
+    .early(),
+    Scenario::together(
+        "one step: vm create --repo prepares; a bad repo makes no VM",
+        everyday::create_with_repo,
+    )
+    .makes(&[everyday::REPO]),
+    Scenario::together(
+        "lifetime: vm create --ttl, the VM goes when it ends",
+        everyday::ttl,
+    )
+    .makes(&[everyday::TTL])
+    .early(),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
 ];
@@ -947,7 +977,7 @@ mod tests {
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
-    const NAMES: [&str; 28] = [
+    const NAMES: [&str; 33] = [
         "daemon up",
         "image build",
         "bad input is refused without side effects",
@@ -964,6 +994,7 @@ mod tests {
         "vm restart gives a fresh boot_id",
         "vm kill --signal KILL ends stopped and clean",
         "dns resolves NAME.vm, also after a daemon restart",
+        "vm set-ttl: a daemon restart keeps the deadline",
         "vm ports shows sshd at NAME.vm:22",
         "nat rule: scoped, idempotent across stop/start, removed on delete",
         "ssh-config --install/--uninstall",
@@ -975,6 +1006,10 @@ mod tests {
         "a group member uses their own VMs, and only those",
         "a guest cannot hold the daemon: 100 MB export streams, kill wins over a hung one",
         "restored VMs are each their own machine, side by side",
+        "image build --include and --script, booted",
+        "image create --from-vm keeps the VM's files",
+        "one step: vm create --repo prepares; a bad repo makes no VM",
+        "lifetime: vm create --ttl, the VM goes when it ends",
         "vm delete leaves nothing behind",
     ];
 

@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod image;
 pub mod sshconfig;
 pub mod vm;
+pub mod vmcreate;
 pub mod workspace;
 
 use std::path::Path;

@@ -37,6 +37,14 @@ pub enum VmCommand {
         /// copy (default: the daemon's --disk-strategy).
         #[arg(long)]
         disk_strategy: Option<String>,
+        #[command(flatten)]
+        extra: super::vmcreate::CreateExtra,
+    },
+    /// Set how long a VM lives from now (90s, 30m, 2h, 1d), or `none`.
+    SetTtl {
+        name: String,
+        #[arg(value_name = "DURATION|none")]
+        ttl: String,
     },
     /// Boot a stopped VM.
     Start { name: String },
@@ -109,8 +117,10 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
             image,
             cold,
             disk_strategy,
+            extra,
         } => {
             validate_vm_name(&name)?;
+            let (ttl_secs, workspace) = extra.parse()?;
             // Not root: the guest also authorizes this user's own key.
             let authorized_keys = if useraccess::is_root() {
                 Vec::new()
@@ -127,6 +137,8 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 authorized_keys,
                 cold,
                 disk_strategy,
+                ttl_secs,
+                workspace,
             };
             let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
             if !useraccess::is_root() {
@@ -136,7 +148,17 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 "{} is running at {} (ssh: banger vm ssh {})",
                 vm.name, vm.ip, vm.name
             );
+            if let Some(ws) = &vm.workspace {
+                eprintln!(
+                    "{} is at /root/repo ({}, HEAD {})",
+                    ws.source, ws.mode, ws.head
+                );
+            }
+            if let Some(at) = vm.expires_at {
+                eprintln!("{} is deleted in {}", vm.name, super::vmcreate::left(at));
+            }
         }
+        VmCommand::SetTtl { name, ttl } => return super::vmcreate::set_ttl(socket, &name, &ttl),
         VmCommand::Start { name } => state_change(
             socket,
             &name,

@@ -3,6 +3,7 @@
 //! the host supports ([`choose`]), and stored with the VM.
 
 pub mod dmsnap;
+pub mod probe;
 pub mod qcow2;
 pub mod reflink;
 pub mod sparse;

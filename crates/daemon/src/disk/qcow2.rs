@@ -27,7 +27,8 @@ impl CowDisk for Qcow2 {
             ));
         }
         let base = base.canonicalize().map_err(|e| DiskError::io(base, e))?;
-        let base_format = base_format(&base).map_err(|e| DiskError::io(&base, e))?;
+        // A built image is raw; one made from a VM is itself a qcow2 layer.
+        let base_format = super::probe::format(&base).as_str();
         let size = format!("{size_gib}G");
         cmd::run(
             "qemu-img",
@@ -46,18 +47,4 @@ impl CowDisk for Qcow2 {
         )?;
         Ok(())
     }
-}
-
-/// The format of an overlay's base: qcow2 (a template's disk) by its
-/// magic, else raw (an image's root filesystem).
-fn base_format(base: &Path) -> std::io::Result<&'static str> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let mut f = std::fs::File::open(base)?;
-    let n = f.read(&mut magic)?;
-    Ok(if n == 4 && magic == *b"QFI\xfb" {
-        "qcow2"
-    } else {
-        "raw"
-    })
 }

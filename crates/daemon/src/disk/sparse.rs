@@ -20,6 +20,9 @@ impl CowDisk for SparseCopy {
         DiskFormat::Raw
     }
     fn create(&self, base: &Path, dest: &Path, size_gib: u32) -> Result<(), DiskError> {
+        if super::probe::format(base) == DiskFormat::Qcow2 {
+            return from_layers(base, dest, size_gib);
+        }
         let mut src = File::open(base).map_err(|e| DiskError::io(base, e))?;
         let mut dst = OpenOptions::new()
             .write(true)
@@ -44,6 +47,36 @@ impl CowDisk for SparseCopy {
         let size = (u64::from(size_gib) << 30).max(offset);
         dst.set_len(size).map_err(|e| DiskError::io(dest, e))
     }
+}
+
+/// A raw copy of a layered image (one made from a VM): `qemu-img convert`
+/// writes it sparse, then it grows to the disk size.
+fn from_layers(base: &Path, dest: &Path, size_gib: u32) -> Result<(), DiskError> {
+    if dest.exists() {
+        return Err(DiskError::io(
+            dest,
+            std::io::ErrorKind::AlreadyExists.into(),
+        ));
+    }
+    // `-S 4k`: runs of zeros of 4 KiB or more stay holes.
+    let args: [&std::ffi::OsStr; 8] = [
+        "convert".as_ref(),
+        "-q".as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        "-S".as_ref(),
+        "4k".as_ref(),
+        base.as_os_str(),
+        dest.as_os_str(),
+    ];
+    crate::cmd::run("qemu-img", &args)?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(dest)
+        .map_err(|e| DiskError::io(dest, e))?;
+    let len = f.metadata().map_err(|e| DiskError::io(dest, e))?.len();
+    f.set_len((u64::from(size_gib) << 30).max(len))
+        .map_err(|e| DiskError::io(dest, e))
 }
 
 #[cfg(test)]

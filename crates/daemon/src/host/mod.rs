@@ -5,6 +5,7 @@
 //! operation can fail or crash without a VM. Every call may block: the
 //! service makes them through one `spawn_blocking` boundary.
 
+pub mod clock;
 pub mod system;
 
 #[cfg(test)]
@@ -87,6 +88,8 @@ pub struct Host {
     pub disks: Vec<Arc<dyn CowDisk>>,
     /// VMM backends; the first usable one is `--vmm auto`'s choice.
     pub backends: Vec<Arc<dyn Vmm>>,
+    /// What time it is (VM lifetimes).
+    pub clock: Arc<dyn clock::Clock>,
 }
 
 impl Host {

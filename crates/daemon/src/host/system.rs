@@ -99,5 +99,6 @@ pub fn host(cfg: &crate::Config) -> Host {
         }),
         disks: crate::disk::system_strategies(),
         backends: crate::vmm::system_backends(cfg),
+        clock: Arc::new(super::clock::SystemClock),
     }
 }

@@ -95,7 +95,8 @@ pub fn info(layout: &Layout, name: &str, version: u32, current: Option<u32>) -> 
     let paths = layout.image_version(name, version);
     let text = std::fs::read_to_string(paths.manifest()).ok()?;
     let m: Manifest = serde_json::from_str(&text).ok()?;
-    let rootfs_bytes = std::fs::metadata(paths.rootfs()).ok()?.len();
+    paths.rootfs().metadata().ok()?;
+    let rootfs_bytes = crate::disk::probe::virtual_size(&paths.rootfs());
     Some(ImageInfo {
         name: name.to_string(),
         path: paths.dir.display().to_string(),
@@ -106,6 +107,10 @@ pub fn info(layout: &Layout, name: &str, version: u32, current: Option<u32>) -> 
         current: current == Some(version),
         used_by: Vec::new(),
         templates: Vec::new(),
+        suite: m.suite,
+        includes: m.includes,
+        script_sha256: m.script_sha256,
+        from_vm: m.from_vm,
     })
 }
 
@@ -274,6 +279,9 @@ pub(crate) fn fake_build(tag: &str) -> impl FnOnce(&ImagePaths) -> Result<(), Im
             suite: "bookworm".into(),
             built_at: 1_700_000_000,
             guest_agent: false,
+            includes: Vec::new(),
+            script_sha256: None,
+            from_vm: None,
         };
         let json = serde_json::to_string(&m).unwrap_or_default();
         std::fs::write(out.manifest(), json).map_err(|e| ImageError::io(&out.manifest(), e))

@@ -166,6 +166,26 @@ pub fn customize(root: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
+/// A kernel module's object, decompressed when the suite ships it
+/// compressed (trixie: `.ko.xz`); `None` when this kernel has no such file
+/// (built in, or not needed: the initrd skips what it cannot load).
+fn module(moddir: &Path, m: &str) -> Result<Option<Vec<u8>>, ImageError> {
+    let plain = moddir.join(format!("{m}.ko"));
+    if plain.exists() {
+        return std::fs::read(&plain)
+            .map(Some)
+            .map_err(|e| ImageError::io(&plain, e));
+    }
+    for (ext, tool) in [("xz", "xz"), ("zst", "zstd")] {
+        let packed = moddir.join(format!("{m}.ko.{ext}"));
+        if packed.exists() {
+            let args: [&std::ffi::OsStr; 3] = ["-dc".as_ref(), "--".as_ref(), packed.as_os_str()];
+            return Ok(Some(crate::cmd::output(tool, &args)?.stdout));
+        }
+    }
+    Ok(None)
+}
+
 fn remove_matching(dir: &Path, prefix: &str) -> Result<(), ImageError> {
     let entries = std::fs::read_dir(dir).map_err(|e| ImageError::io(dir, e))?;
     for entry in entries.flatten() {
@@ -189,9 +209,10 @@ pub fn build_initrd(root: &Path, kernel_version: &str, dest: &Path) -> Result<()
     a.file("init", 0o755, INITRD_INIT.as_bytes());
     let moddir = root.join("lib/modules").join(kernel_version).join("kernel");
     for m in INITRD_MODULES {
-        let src = moddir.join(format!("{m}.ko"));
         let base = m.rsplit('/').next().unwrap_or(m);
-        a.file(&format!("modules/{base}.ko"), 0o644, &read(&src)?);
+        if let Some(body) = module(&moddir, m)? {
+            a.file(&format!("modules/{base}.ko"), 0o644, &body);
+        }
     }
     let mut f = std::fs::File::create(dest).map_err(|e| ImageError::io(dest, e))?;
     a.finish(&mut f).map_err(|e| ImageError::io(dest, e))

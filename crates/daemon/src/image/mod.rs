@@ -5,6 +5,7 @@ pub mod build;
 pub mod catalog;
 pub mod cpio;
 pub mod customize;
+pub mod fromvm;
 pub mod vmlinux;
 
 /// See [`crate::hosterror::HostError`].
@@ -22,6 +23,15 @@ pub struct Manifest {
     /// templates of it. Images built before templates have not.
     #[serde(default)]
     pub guest_agent: bool,
+    /// Packages beyond the base set.
+    #[serde(default)]
+    pub includes: Vec<String>,
+    /// SHA-256 of the build script, if there was one.
+    #[serde(default)]
+    pub script_sha256: Option<String>,
+    /// `VM (IMAGE vVERSION)` for an image made from a VM's disk.
+    #[serde(default)]
+    pub from_vm: Option<String>,
 }
 
 impl Manifest {

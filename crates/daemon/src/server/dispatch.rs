@@ -31,7 +31,7 @@ pub async fn dispatch(
         Request::Ping => {
             Ok(json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}))
         }
-        Request::VmCreate { spec } => to_value(svc.create(spec, caller, sink).await?),
+        Request::VmCreate { spec } => to_value(svc.create_with(spec, caller, sink).await?),
         Request::VmStart { name } => to_value(svc.start(caller, &name, sink).await?),
         Request::VmStop { name } => to_value(svc.stop(caller, &name, sink).await?),
         Request::VmRestart { name } => to_value(svc.restart(caller, &name, sink).await?),
@@ -79,7 +79,15 @@ pub async fn dispatch(
                 .await?;
             Ok(json!({ "bytes": bytes }))
         }
-        Request::ImageBuild { name } => to_value(svc.image_build(caller, &name, sink).await?),
+        Request::ImageBuild { name, spec } => {
+            to_value(svc.image_build(caller, &name, spec, sink).await?)
+        }
+        Request::ImageCreate { name, from_vm } => {
+            to_value(svc.image_create(caller, &name, &from_vm, sink).await?)
+        }
+        Request::VmSetTtl { name, ttl_secs } => {
+            to_value(svc.set_ttl(caller, &name, ttl_secs, sink).await?)
+        }
         Request::ImageList => to_value(svc.image_list(caller)?),
         Request::ImageRm { name } => {
             svc.image_rm(caller, &name)?;

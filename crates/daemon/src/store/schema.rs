@@ -58,6 +58,10 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE vms ADD COLUMN template TEXT;
     ",
+    // 5: when the daemon deletes the VM (`vm create --ttl`); none before.
+    "
+    ALTER TABLE vms ADD COLUMN expires_at INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -156,6 +156,15 @@ impl Store {
         Ok(())
     }
 
+    /// Sets or clears when the daemon deletes `name` (see `vm::ttl`).
+    pub fn set_expiry(&self, name: &str, expires_at: Option<i64>) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE vms SET expires_at = ?2 WHERE name = ?1",
+            params![name, expires_at],
+        )?;
+        Ok(())
+    }
+
     pub fn delete_vm(&self, name: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM vms WHERE name = ?1", [name])?;
@@ -193,6 +202,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
         workspace: workspace.and_then(|w| serde_json::from_str(&w).ok()),
         owner_uid: r.get("owner_uid")?,
         template: r.get("template")?,
+        expires_at: r.get("expires_at")?,
     })
 }
 
@@ -228,6 +238,7 @@ mod tests {
             authorized_keys: Vec::new(),
             cold: false,
             disk_strategy: None,
+            ..Default::default()
         };
         VmRecord::draft(&spec, "qemu", Strategy::Qcow2, 1000)
     }

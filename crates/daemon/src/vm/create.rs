@@ -118,7 +118,7 @@ impl VmService {
 
     fn check_disk_size(&self, spec: &VmSpec) -> R<()> {
         let rootfs = self.current_image(&spec.image)?.rootfs();
-        let bytes = std::fs::metadata(&rootfs).map(|m| m.len()).unwrap_or(0);
+        let bytes = disk::probe::virtual_size(&rootfs);
         let min_gib = bytes.div_ceil(1 << 30) as u32;
         if spec.disk_gib < min_gib {
             return Err(VmError::InvalidArgument(format!(
@@ -336,6 +336,7 @@ mod tests {
             authorized_keys: Vec::new(),
             cold: false,
             disk_strategy: None,
+            ..Default::default()
         }
     }
 

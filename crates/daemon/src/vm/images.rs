@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use banger_api::ImageInfo;
+use banger_api::{ImageBuildSpec, ImageInfo};
 
 use super::caller::Caller;
 use super::error::VmError;
@@ -37,7 +37,8 @@ impl VmService {
             "building the default image (first use; takes a few minutes)",
             1,
         );
-        self.build_image_locked(op, name).await.map(drop)
+        let spec = ImageBuildSpec::default();
+        self.build_image_locked(op, name, spec).await.map(drop)
     }
 
     /// The files of the version of image `name` a new VM gets now.
@@ -59,19 +60,22 @@ impl VmService {
         Ok(self.store.insert_vm(&draft, &self.plan())?)
     }
 
-    /// `image build NAME`, as an operation.
+    /// `image build NAME`, as an operation: packages, script and suite
+    /// are checked before anything starts.
     pub async fn image_build(
         self: &Arc<Self>,
         caller: Caller,
         name: &str,
+        spec: ImageBuildSpec,
         sink: Option<Sink>,
     ) -> R<ImageInfo> {
         banger_api::validate_image_name(name)?;
+        spec.validate()?;
         caller.must_be_root("`image build`")?;
         let op = self.ops.begin("image_build", &[], sink)?;
         let result = async {
             let _guard = self.image_lock.lock().await;
-            let version = self.build_image_locked(&op, name).await?;
+            let version = self.build_image_locked(&op, name, spec).await?;
             let current = catalog::current(self.layout(), name);
             catalog::info(self.layout(), name, version, current)
                 .ok_or_else(|| VmError::Failed("the image build left no manifest".into()))
@@ -82,13 +86,18 @@ impl VmService {
     }
 
     /// Builds a new version of image `name`; the caller holds `image_lock`.
-    async fn build_image_locked(self: &Arc<Self>, op: &Op, name: &str) -> R<u32> {
+    async fn build_image_locked(
+        self: &Arc<Self>,
+        op: &Op,
+        name: &str,
+        spec: ImageBuildSpec,
+    ) -> R<u32> {
         let report = op.reporter();
         let (layout, name2) = (self.layout().clone(), name.to_string());
         let netns = self.cfg.build_netns.clone();
         let version = self
             .install_image_locked(name, move |_| {
-                image::build::build(&layout, &name2, netns.as_deref(), &report)
+                image::build::build(&layout, &name2, &spec, netns.as_deref(), &report)
             })
             .await?;
         // Settle each backend's accelerator now rather than at the first boot.

@@ -75,6 +75,7 @@ mod tests {
             authorized_keys: Vec::new(),
             cold: false,
             disk_strategy: None,
+            ..Default::default()
         };
         VmRecord {
             state,

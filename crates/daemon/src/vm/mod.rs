@@ -7,8 +7,10 @@ mod boot;
 pub mod caller;
 mod create;
 pub mod error;
+mod imagefromvm;
 mod images;
 pub mod lifecycle;
+mod oneshot;
 pub mod ports;
 mod power;
 mod reads;
@@ -19,6 +21,7 @@ pub mod runner;
 pub mod service;
 mod template;
 pub mod transition;
+mod ttl;
 
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,8 @@ pub struct VmRecord {
     /// The template the VM was restored from: its root disk is made over
     /// the template's disk instead of the image's.
     pub template: Option<String>,
+    /// When the daemon deletes it (`--ttl`), seconds since the Unix epoch.
+    pub expires_at: Option<i64>,
 }
 
 impl VmRecord {
@@ -68,6 +70,7 @@ impl VmRecord {
             workspace: None,
             owner_uid,
             template: None,
+            expires_at: None,
         }
     }
 
@@ -107,6 +110,7 @@ impl VmRecord {
             last_error: self.last_error.clone(),
             workspace: self.workspace.clone(),
             template: self.template.clone(),
+            expires_at: self.expires_at,
         }
     }
 }

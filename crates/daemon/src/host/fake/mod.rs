@@ -76,6 +76,17 @@ struct State {
     disk_strategy: Option<Strategy>,
     /// Disks whose device is set up (dm-snapshot), by the disk's path.
     devices: BTreeSet<PathBuf>,
+    /// How far the fake clock is ahead of the system clock, in seconds.
+    clock_offset: i64,
+}
+
+/// The system clock, moved on by [`World::advance_clock`].
+pub struct FakeClock(World);
+
+impl crate::host::clock::Clock for FakeClock {
+    fn now(&self) -> i64 {
+        crate::store::now() + self.0.state().clock_offset
+    }
 }
 
 /// The fake host's state, shared by every fake port (and surviving a
@@ -97,6 +108,7 @@ impl World {
             guest: Arc::new(FakeGuest(self.clone())),
             disks: vec![Arc::new(FakeDisk(self.clone()))],
             backends: vec![Arc::new(FakeVmm(self.clone()))],
+            clock: Arc::new(FakeClock(self.clone())),
         }
     }
 
@@ -109,6 +121,11 @@ impl World {
     /// The disks whose device is set up.
     pub fn devices(&self) -> BTreeSet<PathBuf> {
         self.state().devices.clone()
+    }
+
+    /// Moves the fake clock `secs` seconds ahead of the system clock.
+    pub fn advance_clock(&self, secs: i64) {
+        self.state().clock_offset += secs;
     }
 
     /// Forgets the points counted so far; the next call is point 0.

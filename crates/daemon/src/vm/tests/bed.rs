@@ -189,6 +189,7 @@ pub fn spec(name: &str, nat: bool) -> VmSpec {
         authorized_keys: Vec::new(),
         cold: false,
         disk_strategy: None,
+        ..Default::default()
     }
 }
 

@@ -69,7 +69,7 @@ async fn images_are_roots_to_change() {
     let bed = Arc::new(Bed::new());
     let svc = bed.daemon();
     let e = svc
-        .image_build(ALICE, "mine", None)
+        .image_build(ALICE, "mine", Default::default(), None)
         .await
         .expect_err("refused");
     assert_eq!(code(e), ErrorCode::Forbidden);

@@ -266,8 +266,12 @@ async fn a_state_directory_from_before_versions_keeps_working() {
     svc.stop(ROOT, "old", None).await.expect("stop");
     drop(svc);
     let db = rusqlite::Connection::open(l.database()).expect("db");
-    db.execute_batch("ALTER TABLE vms DROP COLUMN image_version; ALTER TABLE vms DROP COLUMN template; PRAGMA user_version = 2;")
-        .expect("the schema before versions");
+    db.execute_batch(
+        "ALTER TABLE vms DROP COLUMN image_version; ALTER TABLE vms DROP COLUMN expires_at;
+         ALTER TABLE vms DROP COLUMN template;
+         PRAGMA user_version = 2;",
+    )
+    .expect("the schema before versions");
     drop(db);
 
     let svc = bed.daemon();
