@@ -1,39 +1,14 @@
-//! `cargo xtask bench`: measurements printed side by side from one run.
-//!
-//! workspace: a generated repo of about 20,000 files goes into VMs by
-//! `workspace prepare` (overlay and full_copy) and by `tar | ssh`, and
+//! The workspace rows: a generated repo of about 20,000 files goes into VMs
+//! by `workspace prepare` (overlay and full_copy) and by `tar | ssh`, and
 //! comes back by `workspace export`; each is timed and the ratios printed.
 
 use std::path::Path;
-use std::time::Instant;
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 
+use super::timed;
+use crate::sh;
 use crate::smoke::Env;
-use crate::{setup, sh};
-
-const FILES: usize = 20_000;
-
-pub fn run(args: &[String]) -> anyhow::Result<i32> {
-    let files = args
-        .iter()
-        .position(|a| a == "--files")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(FILES);
-    let image_dir = args
-        .iter()
-        .position(|a| a == "--keep-image")
-        .and_then(|i| args.get(i + 1))
-        .map(std::path::PathBuf::from);
-    setup::run()?;
-    let banger = sh::build_banger()?;
-    let mut env = Env::start(&banger, image_dir.as_deref())?;
-    let result = workspace(&mut env, files);
-    env.teardown();
-    result?;
-    Ok(0)
-}
 
 /// Writes a repo of `files` files (source-like text and some binaries),
 /// committed, about 10 KiB each on average.
@@ -76,15 +51,7 @@ fn make_repo(dir: &Path, files: usize) -> anyhow::Result<u64> {
     Ok(bytes)
 }
 
-fn timed(label: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    let t = Instant::now();
-    f().with_context(|| label.to_string())?;
-    let s = t.elapsed().as_secs_f64();
-    eprintln!("    {label}: {s:.1}s");
-    Ok(s)
-}
-
-fn workspace(env: &mut Env, files: usize) -> anyhow::Result<()> {
+pub fn run(env: &mut Env, files: usize) -> anyhow::Result<()> {
     let repo = env.dir.join("bench-repo");
     eprintln!("==> generating a repo of {files} files");
     let bytes = make_repo(&repo, files)?;
