@@ -18,7 +18,7 @@ commands:
   demo                  set up, build, boot a VM in a fresh namespace, use it, clean up
   test                  setup, fmt, clippy, unit + privileged tests, then the smoke
                         suite with coverage
-  bench [--files N] [--keep-image DIR]
+  bench [--only start|disk|workspace] [--runs N] [--files N] [--keep-image DIR]
                         workspace prepare/export vs tar | ssh, side by side
   smoke [--filter S] [--keep-image DIR] [--coverage [--baseline FILE]]
                         the end-to-end scenarios against real VMs; --coverage

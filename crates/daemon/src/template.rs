@@ -21,6 +21,8 @@ pub const DISK: &str = "disk.qcow2";
 /// (`Vmm::snapshot`).
 pub const STATE: &str = "state";
 const META: &str = "meta.json";
+/// The template's boot on its serial console.
+pub const CONSOLE: &str = "console.log";
 /// Marks a template whose restore failed: never used again.
 pub const BROKEN: &str = "broken";
 const BUILDING: &str = ".building-";

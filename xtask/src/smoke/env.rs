@@ -205,6 +205,11 @@ impl Env {
         Ok(env)
     }
 
+    /// The daemon's pid, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        lock(&self.daemon).as_ref().map(Child::id)
+    }
+
     /// Starts the daemon inside the namespace and waits for its socket.
     pub fn start_daemon(&self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()

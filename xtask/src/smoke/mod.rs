@@ -45,8 +45,8 @@ use std::time::Instant;
 
 use anyhow::bail;
 
-pub use env::Env;
 use env::{lock, VmSpec};
+pub use env::{Env, GATEWAY};
 
 /// What a scenario concluded.
 pub enum Outcome {

@@ -135,6 +135,9 @@ impl VmService {
             template: false,
             restore_from: None,
         };
+        if let Some(state) = &state {
+            self.seed_console(vm, state)?;
+        }
         if let Some((uid, gid)) = run_as {
             self.hand_over_to_vmm(&spec, uid, gid).await?;
         }

@@ -193,7 +193,7 @@ impl VmService {
             .build_config_drive(&identity, &config)
             .context(|| "building the template's config drive".to_string())?;
         let name = template_vm_name(id);
-        let console = dir.join("console.log");
+        let console = dir.join(template::CONSOLE);
         std::fs::write(&console, b"").map_err(host_io(&console))?;
         let spec = LaunchSpec {
             name: name.clone(),
@@ -313,6 +313,25 @@ impl VmService {
         Ok(())
     }
 
+    /// Starts a restored VM's console log with its template's boot, which
+    /// is its own boot too, and a line saying so.
+    pub(super) fn seed_console(&self, vm: &VmRecord, state: &std::path::Path) -> R<()> {
+        let log = self.layout().vm_console_log(&vm.name);
+        let template = state.parent().map(|d| d.join(template::CONSOLE));
+        let mut text = template
+            .and_then(|t| std::fs::read(t).ok())
+            .unwrap_or_default();
+        text.extend_from_slice(
+            format!(
+                "\n--- banger: {} restored from template {} ---\n",
+                vm.name,
+                vm.template.as_deref().unwrap_or("?")
+            )
+            .as_bytes(),
+        );
+        std::fs::write(&log, text).map_err(|e| VmError::Host(FromPathIo::io(&log, e)))
+    }
+
     /// Marks `vm`'s template unusable after its restore failed.
     pub(super) fn template_failed(&self, id: &str) {
         let mark = self.layout().template_dir(id).join(template::BROKEN);
@@ -375,15 +394,20 @@ fn template_vm_name(id: &str) -> String {
 /// needed goes.
 fn finish_files(dir: &std::path::Path) -> R<()> {
     use std::os::unix::fs::PermissionsExt;
-    let disk = dir.join(template::DISK);
     // SAFETY: geteuid has no side effects.
-    if unsafe { libc::geteuid() } == 0 {
-        std::os::unix::fs::chown(&disk, Some(0), Some(0))
-            .map_err(|e| VmError::Host(FromPathIo::io(&disk, e)))?;
+    let root = unsafe { libc::geteuid() } == 0;
+    let disk = dir.join(template::DISK);
+    // The console log stays: it is the boot of every VM restored from it.
+    let console = dir.join(template::CONSOLE);
+    if root {
+        for f in [&disk, &console] {
+            std::os::unix::fs::chown(f, Some(0), Some(0))
+                .map_err(|e| VmError::Host(FromPathIo::io(f, e)))?;
+        }
     }
     std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| VmError::Host(FromPathIo::io(&disk, e)))?;
-    for f in ["config.img", "host_key", "host_key.pub", "console.log"] {
+    for f in ["config.img", "host_key", "host_key.pub"] {
         let _ = std::fs::remove_file(dir.join(f));
     }
     Ok(())

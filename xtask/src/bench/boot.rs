@@ -1,0 +1,174 @@
+//! The start rows: create-to-SSH restored from a template, cold, and a
+//! hand-started QEMU of the same files; four restored creates at once;
+//! memory of the daemon and of each VM's QEMU, cold and restored.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use serde_json::Value;
+
+use super::report::{median, Row};
+use super::{handboot, memory};
+use crate::smoke::Env;
+
+/// The shape every bench VM has (`Env::create`).
+const SHAPE: &str = "1c-768m-4g";
+const MEMORY_MIB: u64 = 768;
+
+fn template_ready(env: &Env) -> anyhow::Result<bool> {
+    let list: Value = serde_json::from_str(&env.ok(&["image", "list", "--json"])?)?;
+    Ok(list.as_array().is_some_and(|a| {
+        a.iter().any(|i| {
+            i["current"] == true
+                && i["templates"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|s| s == SHAPE))
+        })
+    }))
+}
+
+/// The current default image's directory.
+pub fn image_dir(env: &Env) -> anyhow::Result<std::path::PathBuf> {
+    let list: Value = serde_json::from_str(&env.ok(&["image", "list", "--json"])?)?;
+    let path = list
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|i| i["name"] == "default" && i["current"] == true)
+        })
+        .and_then(|i| i["path"].as_str())
+        .context("no current default image")?;
+    Ok(path.into())
+}
+
+fn delete(env: &Env, vm: &str) -> anyhow::Result<()> {
+    env.ok(&["vm", "delete", "-f", vm]).map(drop)
+}
+
+pub fn run(env: &Env, runs: usize) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let daemon = env.daemon_pid().context("the daemon is not running")?;
+    let idle_rss = memory::rss_mib(daemon)?;
+
+    eprintln!("==> cold creates (the first also builds the template)");
+    let mut cold = Vec::new();
+    let mut cold_mem = None;
+    for i in 0..runs {
+        let vm = format!("bench-cold{i}");
+        let took = env.create_timed(&vm, &["--cold"])?.as_secs_f64();
+        eprintln!("    cold create {}: {took:.1}s", i + 1);
+        cold.push(took);
+        if i == 0 {
+            cold_mem = Some(memory::qemu_of(env, &vm, MEMORY_MIB)?);
+        }
+        delete(env, &vm)?;
+        // Let the template build alone finish before the next boot.
+        wait_for_template(env)?;
+    }
+
+    eprintln!("==> hand-started QEMU, same kernel, initrd and root filesystem");
+    let hand = handboot::boots(env, &image_dir(env)?, runs)?;
+
+    eprintln!("==> creates restored from the template");
+    let mut restored = Vec::new();
+    for i in 0..runs {
+        let vm = format!("bench-tpl{i}");
+        let took = env.create_timed(&vm, &[])?.as_secs_f64();
+        let v = env.vm_json(&vm)?;
+        ensure!(v["template"].is_string(), "{vm} was not restored: {v}");
+        eprintln!("    restored create {}: {took:.1}s", i + 1);
+        restored.push(took);
+        delete(env, &vm)?;
+    }
+
+    eprintln!("==> four restored creates at once");
+    let four: Vec<String> = (0..4).map(|i| format!("bench-four{i}")).collect();
+    let names: Vec<&str> = four.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    env.create_parallel(&names)?;
+    let wall = t.elapsed().as_secs_f64();
+    let busy_rss = memory::rss_mib(daemon)?;
+    let mut per_vm = Vec::new();
+    for vm in &names {
+        per_vm.push(memory::qemu_of(env, vm, MEMORY_MIB)?);
+    }
+    for vm in &names {
+        delete(env, vm)?;
+    }
+
+    let (c, h, r) = (median(&cold), median(&hand), median(&restored));
+    rows.push(
+        Row::new(
+            "start",
+            "create-to-SSH, restored from a template",
+            "s",
+            restored.clone(),
+        )
+        .with_ratio("faster than cold", c / r),
+    );
+    rows.push(Row::new("start", "create-to-SSH, cold boot", "s", cold));
+    rows.push(
+        Row::new(
+            "start",
+            "hand-started qemu-system-x86_64 to SSH (same files)",
+            "s",
+            hand,
+        )
+        .with_ratio("banger cold / hand-started", c / h),
+    );
+    rows.push(
+        Row::new(
+            "start",
+            "4 restored creates at once (wall, 0 failures)",
+            "s",
+            vec![wall],
+        )
+        .with_ratio("of one restored create", wall / r),
+    );
+    let cold_mem = cold_mem.context("no cold VM measured")?;
+    rows.push(Row::new("memory", "daemon RSS, idle", "Mi", vec![idle_rss]));
+    rows.push(Row::new(
+        "memory",
+        "daemon RSS, 4 VMs running",
+        "Mi",
+        vec![busy_rss],
+    ));
+    rows.push(Row::new(
+        "memory",
+        "QEMU beyond guest RAM, cold VM (RSS - RAM block RSS)",
+        "Mi",
+        vec![cold_mem.beyond_ram],
+    ));
+    rows.push(Row::new(
+        "memory",
+        "QEMU beyond guest RAM, restored VMs",
+        "Mi",
+        per_vm.iter().map(|m| m.beyond_ram).collect(),
+    ));
+    rows.push(Row::new(
+        "memory",
+        "guest RAM resident, cold VM just booted",
+        "Mi",
+        vec![cold_mem.ram],
+    ));
+    rows.push(Row::new(
+        "memory",
+        "guest RAM resident, restored VMs (private; PSS = RSS)",
+        "Mi",
+        per_vm.iter().map(|m| m.ram).collect(),
+    ));
+    Ok(rows)
+}
+
+/// Waits (up to 15 minutes) for the smoke shape's template.
+fn wait_for_template(env: &Env) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !template_ready(env)? {
+        ensure!(
+            start.elapsed() < Duration::from_secs(900),
+            "no template of {SHAPE} after 15 minutes"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(())
+}

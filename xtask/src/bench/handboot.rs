@@ -1,0 +1,163 @@
+//! The baseline for create-to-SSH: `qemu-system-x86_64` started by hand
+//! with the same kernel, initrd and root filesystem (a qcow2 overlay), a
+//! config drive of our own and a tap on the bench's bridge, timed until
+//! `ssh true` answers. What banger adds on top of this is its overhead.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+
+use crate::smoke::Env;
+
+const TAP: &str = "bench-hand";
+/// An address no bench VM gets (slots are taken from the bottom).
+const IP: &str = "172.30.0.250";
+const MAC: &str = "02:62:65:6e:63:68";
+
+/// Files the hand-made VM boots with.
+struct Kit {
+    dir: PathBuf,
+    key: PathBuf,
+}
+
+fn run(argv: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(argv[0]).args(&argv[1..]).output()?;
+    ensure!(
+        out.status.success(),
+        "{}: {}",
+        argv.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Keys and the config drive, once.
+fn kit(env: &Env) -> anyhow::Result<Kit> {
+    let dir = env.dir.join("bench-hand");
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = dir.join("config");
+    std::fs::create_dir_all(&cfg)?;
+    let key = dir.join("client");
+    let hostkey = cfg.join("ssh_host_ed25519_key");
+    for k in [&key, &hostkey] {
+        let k = k.to_string_lossy();
+        run(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", &k])?;
+    }
+    std::fs::copy(key.with_extension("pub"), cfg.join("authorized_keys"))?;
+    std::fs::write(
+        cfg.join("identity.env"),
+        format!(
+            "BANGER_HOSTNAME='hand'\nBANGER_IP='{IP}'\nBANGER_MAC='{MAC}'\nBANGER_PREFIX='24'\nBANGER_GATEWAY='{gw}'\nBANGER_DNS='{gw}'\n",
+            gw = crate::smoke::GATEWAY
+        ),
+    )?;
+    let img = dir.join("config.img");
+    let (c, i) = (cfg.to_string_lossy(), img.to_string_lossy());
+    run(&["mkfs.ext4", "-q", "-F", "-d", &c, &i, "1M"])?;
+    Ok(Kit { dir, key })
+}
+
+/// One boot: overlay, tap, QEMU; seconds from spawn to `ssh true`.
+fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
+    let overlay = kit.dir.join("root.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    let (r, o) = (
+        image.join("rootfs.ext4").to_string_lossy().into_owned(),
+        overlay.to_string_lossy().into_owned(),
+    );
+    run(&[
+        "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", &r, &o, "4G",
+    ])?;
+    env.ns.run(&["ip", "tuntap", "add", TAP, "mode", "tap"])?;
+    env.ns
+        .run(&["ip", "link", "set", TAP, "master", "banger0", "up"])?;
+    let console = kit.dir.join("console.log");
+    let kernel = image.join("vmlinuz");
+    let initrd = image.join("initrd.img");
+    let config = kit.dir.join("config.img");
+    let start = Instant::now();
+    let mut qemu = Command::new("ip")
+        .args(["netns", "exec", &env.ns.name, "qemu-system-x86_64"])
+        .args([
+            "-accel", "tcg", "-M", "q35", "-cpu", "max", "-smp", "1", "-m", "768",
+        ])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args([
+            "-append",
+            "console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.config=/dev/vdb",
+        ])
+        .args(["-drive", &format!("file={o},if=virtio,format=qcow2")])
+        .args([
+            "-drive",
+            &format!("file={},if=virtio,format=raw,readonly=on", config.display()),
+        ])
+        .args([
+            "-netdev",
+            &format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
+        ])
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
+        .args(["-serial", &format!("file:{}", console.display())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let key = kit.key.to_string_lossy().into_owned();
+    let mut answered = None;
+    while start.elapsed() < Duration::from_secs(600) {
+        let ok = env
+            .ns
+            .capture(&[
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-i",
+                &key,
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
+                &format!("root@{IP}"),
+                "true",
+            ])
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            answered = Some(start.elapsed().as_secs_f64());
+            break;
+        }
+        if qemu.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let _ = env.ns.run(&["ip", "link", "del", TAP]);
+    answered.context("the hand-started QEMU never answered SSH")
+}
+
+/// `runs` hand-started boots of the image in `image` (a version directory).
+pub fn boots(env: &Env, image: &Path, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let kit = kit(env)?;
+    let mut out = Vec::new();
+    for i in 0..runs {
+        let s = boot_once(env, &kit, image)?;
+        eprintln!("    hand-started QEMU {}: {s:.1}s", i + 1);
+        out.push(s);
+    }
+    let _ = std::fs::remove_dir_all(&kit.dir);
+    Ok(out)
+}
