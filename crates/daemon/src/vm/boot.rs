@@ -143,6 +143,7 @@ impl VmService {
         }
         let b = backend.clone();
         let restoring = state.is_some();
+        let started = Instant::now();
         let handle = match state {
             None => {
                 let how = format!("starting {} ({})", vm.name, backend.name());
@@ -157,23 +158,33 @@ impl VmService {
         }
         .context(|| format!("booting {}", vm.name))?;
         self.transition(vm, VmState::Running, Some(handle), None)?;
+        let mut steps = Vec::new();
         if restoring {
+            steps.push(format!("restore {:.1}s", started.elapsed().as_secs_f64()));
             op.phase(
                 "identity",
                 &format!("giving {} its identity", vm.name),
                 pct + 15,
             );
+            let t = Instant::now();
             self.reidentify(vm, backend.clone()).await?;
+            steps.push(format!("identity {:.1}s", t.elapsed().as_secs_f64()));
         }
         op.phase("ssh", &format!("waiting for SSH on {}", vm.ip), pct + 20);
         let took = self.wait_ready(vm).await?;
+        steps.push(format!("SSH {:.1}s", took.as_secs_f64()));
         if vm.workspace.is_some() {
             op.phase("workspace", "mounting the workspace", pct + 25);
             self.remount_workspace(vm).await?;
         }
         op.phase(
             "ready",
-            &format!("{} answers SSH ({:.1}s)", vm.name, took.as_secs_f64()),
+            &format!(
+                "{} answers SSH ({:.1}s: {})",
+                vm.name,
+                started.elapsed().as_secs_f64(),
+                steps.join(", ")
+            ),
             100,
         );
         Ok(())
