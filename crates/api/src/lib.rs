@@ -9,7 +9,7 @@ pub mod types;
 
 pub use error::{ApiError, ErrorCode};
 pub use names::{validate_image_name, validate_vm_name};
-pub use protocol::{Event, Progress, Request};
+pub use protocol::{Event, Progress, Request, Upload, UPLOAD_FRAME};
 pub use types::{ImageInfo, OpInfo, OpState, PortInfo, SshInfo, VmInfo, VmSpec, VmState};
 
 /// Default path of the daemon's socket.

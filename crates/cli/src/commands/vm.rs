@@ -9,6 +9,7 @@ use std::time::Duration;
 use banger_api::{validate_vm_name, Request, SshInfo, VmInfo, VmSpec};
 use clap::Subcommand;
 
+use super::exec::ExecOptions;
 use crate::{output, rpc, useraccess};
 
 #[derive(Subcommand)]
@@ -86,6 +87,18 @@ pub enum VmCommand {
     /// Run a command; output streams, the exit code passes through.
     Exec {
         name: String,
+        /// Run the command in DIR (exit 126 when the guest has no DIR).
+        #[arg(short = 'w', long, value_name = "DIR")]
+        workdir: Option<String>,
+        /// Set a variable (repeatable); NAME alone takes this shell's value.
+        #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Pass stdin through to the command (streamed).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Give the command a terminal (ssh -tt).
+        #[arg(short = 't', long)]
+        tty: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -208,10 +221,20 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
             c.args(&command);
             return Err(c.exec().into());
         }
-        VmCommand::Exec { name, command } => {
+        VmCommand::Exec {
+            name,
+            workdir,
+            env,
+            interactive,
+            tty,
+            command,
+        } => {
+            let opts =
+                ExecOptions::new(workdir, &env, interactive, tty, |n| std::env::var(n).ok())?;
             let info = ssh_info(socket, &name)?;
             let mut c = ssh_command(&info, true);
-            c.arg(shell_join(&command));
+            c.args(opts.ssh_flags());
+            c.arg(opts.remote_command(&command));
             return Err(c.exec().into());
         }
     }
@@ -287,23 +310,6 @@ fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {
     c
 }
 
-/// Quotes each argument for the guest's shell so argv survives ssh.
-pub fn shell_join(args: &[String]) -> String {
-    args.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Prints the serial console, read through the daemon (it is root's
 /// file); `follow` keeps reading as it grows.
 fn logs(socket: &Path, name: &str, follow: bool) -> anyhow::Result<()> {
@@ -335,28 +341,5 @@ fn logs(socket: &Path, name: &str, follow: bool) -> anyhow::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shell_join;
-
-    #[test]
-    fn shell_join_keeps_argv() {
-        let args: Vec<String> = ["sh", "-c", "echo 'hi' there; exit 3", ""]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let joined = shell_join(&args);
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf '%s|' {joined}"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "sh|-c|echo 'hi' there; exit 3||"
-        );
     }
 }

@@ -79,6 +79,19 @@ pub async fn dispatch(
                 .await?;
             Ok(json!({ "bytes": bytes }))
         }
+        Request::VmCpIn { .. } => Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "vm_cp_in takes its tar as upload frames after the request; use `banger vm cp`",
+        )),
+        Request::VmCpOut {
+            name,
+            src,
+            contents,
+        } => {
+            // The tar itself went out as data events.
+            let bytes = svc.cp_out(caller, &name, &src, contents, sink).await?;
+            Ok(json!({ "bytes": bytes }))
+        }
         Request::ImageBuild { name } => to_value(svc.image_build(caller, &name, sink).await?),
         Request::ImageList => to_value(svc.image_list(caller)?),
         Request::ImageRm { name } => {

@@ -4,6 +4,7 @@
 
 mod bed;
 mod callers;
+mod copy;
 mod faults;
 mod images;
 mod wedge;
