@@ -1,5 +1,6 @@
 //! One module per verb group; each is a thin layer over the daemon's API.
 
+pub mod cp;
 pub mod daemon;
 pub mod docs;
 pub mod doctor;

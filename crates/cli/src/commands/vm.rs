@@ -1,5 +1,5 @@
 //! `banger vm ...`: create, start, stop, restart, kill, delete, prune, list,
-//! show, logs, ssh, exec.
+//! show, logs, ssh, exec (options in `exec.rs`), cp (in `cp.rs`).
 
 use std::io::{IsTerminal, Write};
 use std::os::unix::process::CommandExt;
@@ -101,6 +101,14 @@ pub enum VmCommand {
         tty: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Copy files or directories between the host and a VM (one side
+    /// VM:PATH), modes and symlinks kept, as `docker cp`.
+    Cp {
+        /// HOST_PATH or VM:PATH (DIR/. copies a directory's contents).
+        src: String,
+        /// VM:PATH or HOST_PATH; into an existing directory, the copy goes inside.
+        dest: String,
     },
 }
 
@@ -221,6 +229,7 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
             c.args(&command);
             return Err(c.exec().into());
         }
+        VmCommand::Cp { src, dest } => return super::cp::run(socket, &src, &dest),
         VmCommand::Exec {
             name,
             workdir,

@@ -123,3 +123,82 @@ pub async fn dispatch(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A frame reader over a real socket pair, the client's end, and the
+    /// server's write half (kept open while the test runs).
+    fn pair(
+        idle: Duration,
+    ) -> (
+        Frames,
+        tokio::net::UnixStream,
+        tokio::net::unix::OwnedWriteHalf,
+    ) {
+        let (client, server) = tokio::net::UnixStream::pair().expect("socket pair");
+        let (read, write) = server.into_split();
+        let reader = tokio::io::BufReader::new(read.take(u64::MAX));
+        (read_frames(reader, idle), client, write)
+    }
+
+    fn frame(bytes: &[u8]) -> String {
+        let mut l = serde_json::to_string(&Upload::Data(BASE64.encode(bytes))).expect("json");
+        l.push('\n');
+        l
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_in_order_and_end_closes_the_channel() {
+        let (mut frames, mut client, _w) = pair(Duration::from_secs(5));
+        let text = format!("{}{}\"end\"\n", frame(b"one"), frame(b"two"));
+        client.write_all(text.as_bytes()).await.expect("write");
+        assert_eq!(frames.recv().await, Some(Ok(b"one".to_vec())));
+        assert_eq!(frames.recv().await, Some(Ok(b"two".to_vec())));
+        assert_eq!(frames.recv().await, None, "end closes the upload");
+    }
+
+    #[tokio::test]
+    async fn an_upload_cut_short_or_malformed_is_an_error() {
+        let (mut frames, mut client, _w) = pair(Duration::from_secs(5));
+        client
+            .write_all(frame(b"one").as_bytes())
+            .await
+            .expect("write");
+        drop(client);
+        assert_eq!(frames.recv().await, Some(Ok(b"one".to_vec())));
+        let e = frames
+            .recv()
+            .await
+            .expect("an error")
+            .expect_err("cut short");
+        assert!(e.contains("before the end of the upload"), "{e}");
+
+        let (mut frames, mut client, _w) = pair(Duration::from_secs(5));
+        client
+            .write_all(b"{\"data\":\"%%%\"}\n")
+            .await
+            .expect("write");
+        let e = frames.recv().await.expect("an error").expect_err("bad");
+        assert!(e.contains("not base64"), "{e}");
+
+        let (mut frames, mut client, _w) = pair(Duration::from_secs(5));
+        let big = vec![b'A'; MAX_FRAME_LINE as usize + 10];
+        client.write_all(&big).await.expect("write");
+        let e = frames
+            .recv()
+            .await
+            .expect("an error")
+            .expect_err("too long");
+        assert!(e.contains("longer than"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_given_up_on() {
+        let (mut frames, _client, _w) = pair(Duration::from_millis(200));
+        let e = frames.recv().await.expect("an error").expect_err("idle");
+        assert!(e.contains("sent nothing"), "{e}");
+    }
+}
