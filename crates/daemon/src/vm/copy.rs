@@ -36,13 +36,13 @@ pub struct CpIn {
 const CP_IN: OpKind = OpKind {
     name: "vm_cp_in",
     check: runner::running,
-    claim: Claim::Exclusive,
+    claim: Claim::Shared,
     needs_vmm: true,
 };
 const CP_OUT: OpKind = OpKind {
     name: "vm_cp_out",
     check: runner::running,
-    claim: Claim::Exclusive,
+    claim: Claim::Shared,
     needs_vmm: true,
 };
 
