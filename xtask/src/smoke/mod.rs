@@ -30,6 +30,7 @@
 //! printed in one piece when it ends.
 
 mod env;
+mod everyday;
 mod leakcheck;
 mod scenarios;
 mod trust;

@@ -8,7 +8,7 @@ use anyhow::{ensure, Context};
 use serde_json::Value;
 
 use super::env::VmSpec;
-use super::{note, trust, Env, Outcome, Scenario};
+use super::{everyday, note, trust, Env, Outcome, Scenario};
 
 pub const ALL: &[Scenario] = &[
     Scenario::first("daemon up", daemon_up),
@@ -74,6 +74,17 @@ pub const ALL: &[Scenario] = &[
     )
     .makes(&["smoke-hog"])
     .early(),
+    // Writes only under a /tmp path of its own in the shared VM, and
+    // removes it.
+    Scenario::together(
+        "vm cp: a tree with a symlink, an executable and 12 MB, in and out unchanged",
+        |env| everyday::cp(env, A),
+    )
+    .vms(&[&SHARED]),
+    Scenario::together("vm exec -w/-e/-i/-t, quoted safely", |env| {
+        everyday::exec_options(env, A)
+    })
+    .vms(&[&SHARED]),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
 ];
@@ -937,7 +948,7 @@ mod tests {
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
-    const NAMES: [&str; 26] = [
+    const NAMES: [&str; 28] = [
         "daemon up",
         "image build",
         "bad input is refused without side effects",
@@ -963,6 +974,8 @@ mod tests {
         "guests reach only DNS of the host, and each other",
         "a group member uses their own VMs, and only those",
         "a guest cannot hold the daemon: 100 MB export streams, kill wins over a hung one",
+        "vm cp: a tree with a symlink, an executable and 12 MB, in and out unchanged",
+        "vm exec -w/-e/-i/-t, quoted safely",
         "vm delete leaves nothing behind",
     ];
 
