@@ -1,6 +1,7 @@
 //! `banger`: the command-line interface, and `banger daemon`.
 
 mod commands;
+mod mcp;
 mod output;
 mod progress;
 mod rpc;
@@ -59,6 +60,8 @@ enum Command {
         #[arg(value_enum)]
         shell: commands::docs::Shell,
     },
+    /// Serve the Model Context Protocol on stdio, for coding agents.
+    Mcp,
     /// Print the man page, or write one page per verb into DIR.
     Man {
         #[arg(long, value_name = "DIR")]
@@ -95,6 +98,7 @@ fn main() {
             commands::docs::completions(Cli::command(), shell, &mut std::io::stdout());
             Ok(0)
         }
+        Command::Mcp => mcp::run(&socket),
         Command::Man { dir: None } => {
             commands::docs::man_page(Cli::command(), &mut std::io::stdout()).map(|()| 0)
         }

@@ -32,6 +32,7 @@
 mod env;
 mod everyday;
 mod leakcheck;
+mod mcp;
 mod scenarios;
 mod trust;
 

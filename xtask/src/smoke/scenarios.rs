@@ -8,7 +8,7 @@ use anyhow::{ensure, Context};
 use serde_json::Value;
 
 use super::env::VmSpec;
-use super::{everyday, note, trust, Env, Outcome, Scenario};
+use super::{everyday, mcp, note, trust, Env, Outcome, Scenario};
 
 pub const ALL: &[Scenario] = &[
     Scenario::first("daemon up", daemon_up),
@@ -85,6 +85,12 @@ pub const ALL: &[Scenario] = &[
         everyday::exec_options(env, A)
     })
     .vms(&[&SHARED]),
+    Scenario::together(
+        "banger mcp: the official MCP Python SDK creates, runs, exports, deletes",
+        mcp::official_client,
+    )
+    .makes(&["smoke-mcp"])
+    .early(),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
 ];
@@ -948,7 +954,7 @@ mod tests {
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
-    const NAMES: [&str; 28] = [
+    const NAMES: [&str; 29] = [
         "daemon up",
         "image build",
         "bad input is refused without side effects",
@@ -976,6 +982,7 @@ mod tests {
         "a guest cannot hold the daemon: 100 MB export streams, kill wins over a hung one",
         "vm cp: a tree with a symlink, an executable and 12 MB, in and out unchanged",
         "vm exec -w/-e/-i/-t, quoted safely",
+        "banger mcp: the official MCP Python SDK creates, runs, exports, deletes",
         "vm delete leaves nothing behind",
     ];
 

@@ -55,7 +55,7 @@ fn contents_of(path: &str) -> (bool, &str) {
 }
 
 pub fn run(socket: &Path, src: &str, dest: &str) -> anyhow::Result<i32> {
-    match (Side::parse(src), Side::parse(dest)) {
+    let said = match (Side::parse(src), Side::parse(dest)) {
         (Side::Host(from), Side::Vm { vm, path }) => copy_in(socket, &from, &vm, &path),
         (Side::Vm { vm, path }, Side::Host(to)) => copy_out(socket, &vm, &path, &to),
         (Side::Vm { .. }, Side::Vm { .. }) => {
@@ -65,11 +65,13 @@ pub fn run(socket: &Path, src: &str, dest: &str) -> anyhow::Result<i32> {
             "neither SRC nor DEST names a VM; write one side as VM:PATH (e.g. dev:/root/file)"
         ),
     }?;
+    eprintln!("{said}");
     Ok(0)
 }
 
-/// Host `from` into `vm` at `dest`.
-fn copy_in(socket: &Path, from: &str, vm: &str, dest: &str) -> anyhow::Result<()> {
+/// Host `from` into `vm` at `dest`; says what landed where.
+pub fn copy_in(socket: &Path, from: &str, vm: &str, dest: &str) -> anyhow::Result<String> {
+    validate_vm_name(vm)?;
     if dest.is_empty() {
         bail!("{vm}: no guest path; write {vm}:PATH, e.g. {vm}:/root/");
     }
@@ -116,12 +118,11 @@ fn copy_in(socket: &Path, from: &str, vm: &str, dest: &str) -> anyhow::Result<()
     .map_err(Into::into);
     line.finish();
     let answer = answer?;
-    eprintln!(
+    Ok(format!(
         "copied {from} to {vm}:{} ({} bytes of tar)",
         answer["path"].as_str().unwrap_or(dest),
         answer["bytes"]
-    );
-    Ok(())
+    ))
 }
 
 /// Where a copy out lands on the host.
@@ -132,8 +133,12 @@ enum Landing {
     Rename { staging: PathBuf, dest: PathBuf },
 }
 
-/// `path` in `vm` to host `to`.
-fn copy_out(socket: &Path, vm: &str, path: &str, to: &str) -> anyhow::Result<()> {
+/// `path` in `vm` to host `to`; says what landed where.
+pub fn copy_out(socket: &Path, vm: &str, path: &str, to: &str) -> anyhow::Result<String> {
+    validate_vm_name(vm)?;
+    if path.is_empty() {
+        bail!("{vm}: no guest path; write {vm}:PATH, e.g. {vm}:/root/file");
+    }
     let (contents, src) = contents_of(path);
     let trimmed = src.trim_end_matches('/');
     let name = trimmed.rsplit('/').next().unwrap_or(trimmed).to_string();
@@ -173,11 +178,10 @@ fn copy_out(socket: &Path, vm: &str, path: &str, to: &str) -> anyhow::Result<()>
         let _ = std::fs::remove_dir_all(staging);
     }
     let (placed, bytes) = result?;
-    eprintln!(
+    Ok(format!(
         "copied {vm}:{path} to {} ({bytes} bytes of tar)",
         placed.display()
-    );
-    Ok(())
+    ))
 }
 
 /// Renames a staged copy into place; returns where the copy is.

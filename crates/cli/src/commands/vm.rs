@@ -122,26 +122,7 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
             disk,
             image,
         } => {
-            validate_vm_name(&name)?;
-            // Not root: the guest also authorizes this user's own key.
-            let authorized_keys = if useraccess::is_root() {
-                Vec::new()
-            } else {
-                vec![useraccess::public_key()?]
-            };
-            let spec = VmSpec {
-                name,
-                cpus,
-                memory_mib: memory,
-                disk_gib: disk,
-                image,
-                nat,
-                authorized_keys,
-            };
-            let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
-            if !useraccess::is_root() {
-                useraccess::refresh_known_hosts(socket)?;
-            }
+            let vm = create(socket, name, nat, cpus, memory, disk, image)?;
             eprintln!(
                 "{} is running at {} (ssh: banger vm ssh {})",
                 vm.name, vm.ip, vm.name
@@ -250,6 +231,40 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Creates and boots a VM as the caller: a non-root caller's own key is
+/// authorized in the guest and its known_hosts refreshed.
+pub fn create(
+    socket: &Path,
+    name: String,
+    nat: bool,
+    cpus: u32,
+    memory_mib: u32,
+    disk_gib: u32,
+    image: String,
+) -> anyhow::Result<VmInfo> {
+    validate_vm_name(&name)?;
+    // Not root: the guest also authorizes this user's own key.
+    let authorized_keys = if useraccess::is_root() {
+        Vec::new()
+    } else {
+        vec![useraccess::public_key()?]
+    };
+    let spec = VmSpec {
+        name,
+        cpus,
+        memory_mib,
+        disk_gib,
+        image,
+        nat,
+        authorized_keys,
+    };
+    let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
+    if !useraccess::is_root() {
+        useraccess::refresh_known_hosts(socket)?;
+    }
+    Ok(vm)
+}
+
 fn state_change(socket: &Path, name: &str, req: Request, verb: &str) -> anyhow::Result<()> {
     validate_vm_name(name)?;
     let vm: VmInfo = rpc::call(socket, &req)?;
@@ -298,7 +313,7 @@ fn prune(socket: &Path, force: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn ssh_info(socket: &Path, name: &str) -> anyhow::Result<SshInfo> {
+pub fn ssh_info(socket: &Path, name: &str) -> anyhow::Result<SshInfo> {
     validate_vm_name(name)?;
     let info = rpc::call(
         socket,
@@ -309,7 +324,7 @@ fn ssh_info(socket: &Path, name: &str) -> anyhow::Result<SshInfo> {
     useraccess::local_ssh_info(socket, info)
 }
 
-fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {
+pub fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {
     let mut c = std::process::Command::new("ssh");
     c.args(info.client_args());
     if batch {
