@@ -76,7 +76,7 @@ fn the_man_page_lists_exactly_the_verbs() {
     );
     // groff renders it (a man page a user can read).
     if let Ok(out) = Command::new("groff")
-        .args(["-man", "-Tutf8"])
+        .args(["-man", "-Tutf8", "-P-cbou"])
         .stdin(std::fs::File::open(write_tmp(&page)).unwrap())
         .output()
     {
@@ -115,8 +115,13 @@ fn every_shell_completes_every_verb() {
                 "{shell} completions lack {verb}"
             );
         }
-        for flag in ["--workdir", "--env", "--interactive", "--tty", "--json"] {
-            assert!(script.contains(flag), "{shell} completions lack {flag}");
+        for flag in ["workdir", "env", "interactive", "tty", "json"] {
+            // bash and zsh write `--flag`, fish `-l flag`.
+            let written = [format!("--{flag}"), format!("-l {flag}")];
+            assert!(
+                written.iter().any(|w| script.contains(w.as_str())),
+                "{shell} completions lack --{flag}"
+            );
         }
     }
 }
