@@ -77,6 +77,9 @@ pub enum VmCommand {
         name: String,
         #[arg(short, long)]
         follow: bool,
+        /// One JSON object per read: `text` (lossy UTF-8), `offset`, `next_offset`.
+        #[arg(long)]
+        json: bool,
     },
     /// Open a shell (or run CMD) over SSH; the exit code passes through.
     Ssh {
@@ -197,9 +200,9 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 output::table(&["PROTO", "ENDPOINT", "PROCESS"], &rows);
             }
         }
-        VmCommand::Logs { name, follow } => {
+        VmCommand::Logs { name, follow, json } => {
             validate_vm_name(&name)?;
-            logs(socket, &name, follow)?;
+            logs(socket, &name, follow, json)?;
         }
         VmCommand::Ssh { name, command } => {
             let info = ssh_info(socket, &name)?;
@@ -336,10 +339,11 @@ pub fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {
 
 /// Prints the serial console, read through the daemon (it is root's
 /// file); `follow` keeps reading as it grows.
-fn logs(socket: &Path, name: &str, follow: bool) -> anyhow::Result<()> {
+fn logs(socket: &Path, name: &str, follow: bool, json: bool) -> anyhow::Result<()> {
     use base64::Engine;
     let mut out = std::io::stdout().lock();
     let mut offset = 0u64;
+    let mut said_anything = false;
     loop {
         let v: serde_json::Value = rpc::call(
             socket,
@@ -352,13 +356,27 @@ fn logs(socket: &Path, name: &str, follow: bool) -> anyhow::Result<()> {
             .decode(v["data_base64"].as_str().unwrap_or_default())
             .map_err(|e| anyhow::anyhow!("bad console data from the daemon: {e}"))?;
         let next = v["next_offset"].as_u64().unwrap_or(offset);
-        out.write_all(&data)?;
+        if json {
+            // Something is printed even for an empty console.
+            if !data.is_empty() || !said_anything {
+                said_anything = true;
+                let line = serde_json::json!({
+                    "vm": name,
+                    "offset": offset,
+                    "next_offset": next,
+                    "text": String::from_utf8_lossy(&data),
+                });
+                writeln!(out, "{line}")?;
+            }
+        } else {
+            out.write_all(&data)?;
+        }
         out.flush()?;
         let caught_up = next == offset || data.is_empty();
         offset = next;
         if caught_up {
             if !follow {
-                if offset == 0 {
+                if offset == 0 && !json {
                     eprintln!("no console output yet");
                 }
                 return Ok(());
