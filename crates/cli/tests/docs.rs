@@ -2,6 +2,8 @@
 //! binary as a user would, and check its outputs against the verb list of
 //! the README's table.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::process::Command;
 
 /// Every verb of the README's table, plus the helpers.
@@ -75,9 +77,10 @@ fn the_man_page_lists_exactly_the_verbs() {
         "the man page's COMMANDS and the README's verbs differ"
     );
     // groff renders it (a man page a user can read).
+    let (_dir, file) = write_tmp(&page);
     if let Ok(out) = Command::new("groff")
         .args(["-man", "-Tutf8", "-P-cbou"])
-        .stdin(std::fs::File::open(write_tmp(&page)).unwrap())
+        .stdin(std::fs::File::open(file).unwrap())
         .output()
     {
         let text = String::from_utf8_lossy(&out.stdout);
@@ -88,11 +91,12 @@ fn the_man_page_lists_exactly_the_verbs() {
     }
 }
 
-fn write_tmp(text: &str) -> std::path::PathBuf {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let path = dir.join("banger.1");
+/// `text` in a file of a fresh temporary directory (removed on drop).
+fn write_tmp(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.1");
     std::fs::write(&path, text).unwrap();
-    path
+    (dir, path)
 }
 
 #[test]
@@ -129,7 +133,7 @@ fn every_shell_completes_every_verb() {
 #[test]
 fn bash_loads_the_completions_and_completes_vm_verbs() {
     let script = banger(&["completions", "bash"]);
-    let path = write_tmp(&script);
+    let (_dir, path) = write_tmp(&script);
     // The completion function, called as bash calls it for `banger vm c<TAB>`.
     let probe = format!(
         "source {}; COMP_WORDS=(banger vm c); COMP_CWORD=2; COMP_LINE='banger vm c'; COMP_POINT=11; \

@@ -3,6 +3,8 @@
 //! tool error before anything reaches the daemon. (The official Python
 //! SDK drives it against real VMs in the smoke suite.)
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 

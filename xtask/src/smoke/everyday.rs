@@ -13,9 +13,12 @@ use anyhow::{ensure, Context};
 
 use super::{note, Env, Outcome};
 
-/// What a user compares of a tree: each entry's kind, mode, and content
-/// (or link target), by relative path.
-fn snapshot(root: &Path) -> anyhow::Result<BTreeMap<String, (String, u32, Vec<u8>)>> {
+/// An entry's kind (`file`, `dir`, `link`), mode, and content or link
+/// target.
+type Entry = (String, u32, Vec<u8>);
+
+/// What a user compares of a tree: each entry, by relative path.
+fn snapshot(root: &Path) -> anyhow::Result<BTreeMap<String, Entry>> {
     let mut all = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
