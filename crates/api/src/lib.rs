@@ -12,7 +12,7 @@ pub mod types;
 pub use error::{ApiError, ErrorCode};
 pub use imagespec::ImageBuildSpec;
 pub use names::{validate_image_name, validate_vm_name};
-pub use protocol::{Event, Progress, Request};
+pub use protocol::{Event, Progress, Request, Upload, UPLOAD_FRAME};
 pub use types::{
     ImageInfo, OpInfo, OpState, PortInfo, SshInfo, VmInfo, VmSpec, VmState, WorkspaceSpec,
 };

@@ -1,6 +1,7 @@
-//! The socket protocol: one JSON request line from the client, then JSON
-//! event lines from the daemon: zero or more `progress`, then exactly one
-//! `ok` or `error`.
+//! The socket protocol: one JSON request line from the client (followed,
+//! for an upload, by [`Upload`] frames), then JSON event lines from the
+//! daemon: zero or more `progress` and `data`, then exactly one `ok` or
+//! `error`.
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,28 @@ pub enum Request {
         name: String,
         base_commit: Option<String>,
     },
+    /// `vm cp` into a VM: a tar whose one top entry is `source_name`
+    /// follows the request as [`Upload`] frames; it lands at `dest` as
+    /// `docker cp` would put it.
+    VmCpIn {
+        name: String,
+        /// Where in the guest (relative paths start at /root).
+        dest: String,
+        /// The base name of what is copied (the tar's top entry).
+        source_name: String,
+        /// What is copied is a directory.
+        source_is_dir: bool,
+        /// `SRC/.`: the directory's contents, merged into an existing `dest`.
+        contents: bool,
+    },
+    /// `vm cp` out of a VM: the answer streams (data events) a tar of
+    /// `src`, its one top entry `src`'s base name, or with `contents` the
+    /// directory's entries themselves.
+    VmCpOut {
+        name: String,
+        src: String,
+        contents: bool,
+    },
     ImageBuild {
         name: String,
         /// Packages, script and suite; an older client sends none.
@@ -107,12 +130,33 @@ impl Request {
             | Request::VmPorts { name }
             | Request::WorkspacePrepare { name, .. }
             | Request::WorkspaceExport { name, .. }
-            | Request::VmSetTtl { name, .. } => Some(name),
+            | Request::VmSetTtl { name, .. }
+            | Request::VmCpIn { name, .. }
+            | Request::VmCpOut { name, .. } => Some(name),
             Request::ImageCreate { from_vm, .. } => Some(from_vm),
             _ => None,
         }
     }
+
+    /// Whether [`Upload`] frames follow this request on the connection.
+    pub fn takes_upload(&self) -> bool {
+        matches!(self, Request::VmCpIn { .. })
+    }
 }
+
+/// What a client sends after a request that takes an upload: data frames
+/// (base64, in order, at most [`UPLOAD_FRAME`] bytes each once decoded),
+/// then `end`. A connection that closes before `end` is a failed upload,
+/// and the daemon keeps nothing of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Upload {
+    Data(String),
+    End,
+}
+
+/// The most bytes one upload frame carries, decoded.
+pub const UPLOAD_FRAME: usize = 64 << 10;
 
 /// A step of a long operation, for the CLI's progress line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,5 +193,19 @@ mod tests {
         assert_eq!(line, r#"{"op":"vm_kill","name":"dev","signal":"KILL"}"#);
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
         assert_eq!(r.vm_name(), Some("dev"));
+    }
+
+    #[test]
+    fn upload_frames_are_one_json_line_each() {
+        let line = serde_json::to_string(&Upload::Data("aGk=".into())).unwrap();
+        assert_eq!(line, r#"{"data":"aGk="}"#);
+        assert_eq!(serde_json::to_string(&Upload::End).unwrap(), r#""end""#);
+        let cp = Request::VmCpOut {
+            name: "dev".into(),
+            src: "/etc".into(),
+            contents: false,
+        };
+        assert!(!cp.takes_upload());
+        assert_eq!(cp.vm_name(), Some("dev"));
     }
 }

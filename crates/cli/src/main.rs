@@ -1,6 +1,7 @@
 //! `banger`: the command-line interface, and `banger daemon`.
 
 mod commands;
+mod mcp;
 mod output;
 mod progress;
 mod rpc;
@@ -8,7 +9,7 @@ mod useraccess;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -45,9 +46,27 @@ enum Command {
         json: bool,
     },
     /// Check what this host lacks to run banger, and how to fix it.
-    Doctor,
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
-    Version,
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (e.g. `banger completions bash > /etc/bash_completion.d/banger`).
+    Completions {
+        #[arg(value_enum)]
+        shell: commands::docs::Shell,
+    },
+    /// Serve the Model Context Protocol on stdio, for coding agents.
+    Mcp,
+    /// Print the man page, or write one page per verb into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -65,10 +84,29 @@ fn main() {
         Command::Workspace(cmd) => commands::workspace::run(cmd, &socket),
         Command::SshConfig(args) => commands::sshconfig::run(args, &socket),
         Command::Ops { json } => commands::ops(&socket, json),
-        Command::Doctor => commands::doctor::run(&socket),
-        Command::Version => {
-            println!("banger {}", env!("CARGO_PKG_VERSION"));
+        Command::Doctor { json } => commands::doctor::run(&socket, json),
+        Command::Version { json } => {
+            let version = env!("CARGO_PKG_VERSION");
+            if json {
+                println!("{}", serde_json::json!({ "version": version }));
+            } else {
+                println!("banger {version}");
+            }
             Ok(0)
+        }
+        Command::Completions { shell } => {
+            commands::docs::completions(Cli::command(), shell, &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Mcp => mcp::run(&socket),
+        Command::Man { dir: None } => {
+            commands::docs::man_page(Cli::command(), &mut std::io::stdout()).map(|()| 0)
+        }
+        Command::Man { dir: Some(dir) } => {
+            commands::docs::man_pages(Cli::command(), &dir).map(|n| {
+                eprintln!("wrote {n} man pages to {}", dir.display());
+                0
+            })
         }
     };
     match result {

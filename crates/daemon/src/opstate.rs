@@ -88,10 +88,24 @@ impl OpTracker {
                 held.insert(v.to_string(), holder.clone());
             }
         }
+        let held = vms.iter().map(|v| v.to_string()).collect();
+        self.record(id, kind, vms.first().copied(), held, rx, sink)
+    }
+
+    /// Persists a new operation; dropping it lets go of `held`.
+    fn record(
+        self: &Arc<Self>,
+        id: String,
+        kind: &str,
+        vm: Option<&str>,
+        held: Vec<String>,
+        cancel: watch::Receiver<Option<String>>,
+        sink: Option<Sink>,
+    ) -> Result<Op, ApiError> {
         let info = OpInfo {
             id: id.clone(),
             kind: kind.to_string(),
-            vm: vms.first().map(|v| v.to_string()),
+            vm: vm.map(str::to_string),
             state: OpState::Running,
             phase: "start".into(),
             progress: 0,
@@ -101,16 +115,30 @@ impl OpTracker {
         };
         let op = Op {
             id,
-            vms: vms.iter().map(|v| v.to_string()).collect(),
+            vms: held,
             tracker: self.clone(),
             sink,
-            cancel: rx,
+            cancel,
         };
+        // On failure, dropping `op` lets go of what it holds.
         self.store
             .insert_op(&info)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         tracing::info!(op = %op.id, kind, vm = ?info.vm, "operation started");
         Ok(op)
+    }
+
+    /// An operation of `kind` on `vm` that holds nothing: it is recorded
+    /// (and listed with the VM) but never busy, nor makes others busy.
+    pub fn begin_shared(
+        self: &Arc<Self>,
+        kind: &str,
+        vm: &str,
+        sink: Option<Sink>,
+    ) -> Result<Op, ApiError> {
+        // Never cancelled: its sender is dropped at once.
+        let (_, rx) = watch::channel(None);
+        self.record(new_id(), kind, Some(vm), Vec::new(), rx, sink)
     }
 
     /// Like [`OpTracker::begin`] on one VM, but an operation holding it is
@@ -324,6 +352,18 @@ mod tests {
         assert!(t.is_held("dev"));
         drop(kill);
         assert!(!t.is_held("dev"));
+    }
+
+    #[test]
+    fn a_shared_operation_is_listed_with_its_vm_and_holds_nothing() {
+        let (store, t) = tracker();
+        let cp = t.begin_shared("vm_cp_in", "dev", None).unwrap();
+        assert!(!t.is_held("dev"));
+        let stop = t.begin("vm_stop", &["dev"], None).unwrap();
+        let cp2 = t.begin_shared("vm_cp_out", "dev", None).unwrap();
+        drop(stop);
+        assert_eq!(store.list_ops(5).unwrap()[0].vm.as_deref(), Some("dev"));
+        drop((cp, cp2));
     }
 
     #[test]

@@ -261,7 +261,8 @@ impl Env {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// `banger ARGS` inside the namespace, not started (stdin null).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns.name])
             .arg(&self.banger)

@@ -31,7 +31,9 @@
 
 mod env;
 mod everyday;
+mod files;
 mod leakcheck;
+mod mcp;
 mod scenarios;
 mod templates;
 mod trust;

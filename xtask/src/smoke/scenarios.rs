@@ -8,8 +8,7 @@ use anyhow::{ensure, Context};
 use serde_json::Value;
 
 use super::env::VmSpec;
-use super::everyday;
-use super::{note, templates, trust, Env, Outcome, Scenario};
+use super::{everyday, files, mcp, note, templates, trust, Env, Outcome, Scenario};
 
 pub const ALL: &[Scenario] = &[
     Scenario::first("daemon up", daemon_up),
@@ -113,6 +112,23 @@ pub const ALL: &[Scenario] = &[
         everyday::ttl,
     )
     .makes(&[everyday::TTL])
+    .early(),
+    // Writes only under a /tmp path of its own in the shared VM, and
+    // removes it.
+    Scenario::together(
+        "vm cp: a tree with a symlink, an executable and 12 MB, in and out unchanged",
+        |env| files::cp(env, A),
+    )
+    .vms(&[&SHARED]),
+    Scenario::together("vm exec -w/-e/-i/-t, quoted safely", |env| {
+        files::exec_options(env, A)
+    })
+    .vms(&[&SHARED]),
+    Scenario::together(
+        "banger mcp: the official MCP Python SDK creates, runs, exports, deletes",
+        mcp::official_client,
+    )
+    .makes(&["smoke-mcp"])
     .early(),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
@@ -977,7 +993,7 @@ mod tests {
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
-    const NAMES: [&str; 33] = [
+    const NAMES: [&str; 36] = [
         "daemon up",
         "image build",
         "bad input is refused without side effects",
@@ -1010,6 +1026,9 @@ mod tests {
         "image create --from-vm keeps the VM's files",
         "one step: vm create --repo prepares; a bad repo makes no VM",
         "lifetime: vm create --ttl, the VM goes when it ends",
+        "vm cp: a tree with a symlink, an executable and 12 MB, in and out unchanged",
+        "vm exec -w/-e/-i/-t, quoted safely",
+        "banger mcp: the official MCP Python SDK creates, runs, exports, deletes",
         "vm delete leaves nothing behind",
     ];
 

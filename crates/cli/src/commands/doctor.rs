@@ -22,7 +22,7 @@ impl Check {
     }
 }
 
-pub fn run(socket: &Path) -> anyhow::Result<i32> {
+pub fn run(socket: &Path, json: bool) -> anyhow::Result<i32> {
     let mut checks = vec![Check::new(
         "running as root (the daemon manages taps, bridges and VMMs)",
         // SAFETY: geteuid has no preconditions.
@@ -52,6 +52,15 @@ pub fn run(socket: &Path) -> anyhow::Result<i32> {
             "start it: sudo banger daemon (or systemctl start banger)",
         ),
     ]);
+    if json {
+        let failed = checks.iter().filter(|c| !c.ok && c.required).count();
+        let rows: Vec<_> = checks
+            .iter()
+            .map(|c| serde_json::json!({"check": c.what, "ok": c.ok, "required": c.required, "fix": c.fix}))
+            .collect();
+        crate::output::print_json(&serde_json::json!({"ok": failed == 0, "checks": rows}))?;
+        return Ok(i32::from(failed > 0));
+    }
     let failed = report(&checks);
     if failed > 0 {
         eprintln!("banger: {failed} required check(s) failed; see the fixes above");

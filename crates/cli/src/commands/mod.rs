@@ -1,7 +1,10 @@
 //! One module per verb group; each is a thin layer over the daemon's API.
 
+pub mod cp;
 pub mod daemon;
+pub mod docs;
 pub mod doctor;
+pub mod exec;
 pub mod image;
 pub mod sshconfig;
 pub mod vm;

@@ -19,6 +19,9 @@ pub struct SshConfigArgs {
     /// Remove exactly the line --install added.
     #[arg(long)]
     uninstall: bool,
+    /// Print the block and where it is as JSON (`path`, `text`).
+    #[arg(long, conflicts_with_all = ["install", "uninstall"])]
+    json: bool,
 }
 
 pub fn run(args: SshConfigArgs, socket: &Path) -> anyhow::Result<i32> {
@@ -57,6 +60,8 @@ pub fn run(args: SshConfigArgs, socket: &Path) -> anyhow::Result<i32> {
             },
             user_config.display()
         );
+    } else if args.json {
+        crate::output::print_json(&serde_json::json!({ "path": path, "text": text }))?;
     } else {
         print!("{text}");
     }

@@ -1,5 +1,5 @@
 //! `banger vm ...`: create, start, stop, restart, kill, delete, prune, list,
-//! show, logs, ssh, exec.
+//! show, logs, ssh, exec (options in `exec.rs`), cp (in `cp.rs`).
 
 use std::io::{IsTerminal, Write};
 use std::os::unix::process::CommandExt;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use banger_api::{validate_vm_name, Request, SshInfo, VmInfo, VmSpec};
 use clap::Subcommand;
 
+use super::exec::ExecOptions;
 use crate::{output, rpc, useraccess};
 
 #[derive(Subcommand)]
@@ -91,6 +92,9 @@ pub enum VmCommand {
         name: String,
         #[arg(short, long)]
         follow: bool,
+        /// One JSON object per read: `text` (lossy UTF-8), `offset`, `next_offset`.
+        #[arg(long)]
+        json: bool,
     },
     /// Open a shell (or run CMD) over SSH; the exit code passes through.
     Ssh {
@@ -101,8 +105,28 @@ pub enum VmCommand {
     /// Run a command; output streams, the exit code passes through.
     Exec {
         name: String,
+        /// Run the command in DIR (exit 126 when the guest has no DIR).
+        #[arg(short = 'w', long, value_name = "DIR")]
+        workdir: Option<String>,
+        /// Set a variable (repeatable); NAME alone takes this shell's value.
+        #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Pass stdin through to the command (streamed).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Give the command a terminal (ssh -tt).
+        #[arg(short = 't', long)]
+        tty: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Copy files or directories between the host and a VM (one side
+    /// VM:PATH), modes and symlinks kept, as `docker cp`.
+    Cp {
+        /// HOST_PATH or VM:PATH (DIR/. copies a directory's contents).
+        src: String,
+        /// VM:PATH or HOST_PATH; into an existing directory, the copy goes inside.
+        dest: String,
     },
 }
 
@@ -121,12 +145,6 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
         } => {
             validate_vm_name(&name)?;
             let (ttl_secs, workspace) = extra.parse()?;
-            // Not root: the guest also authorizes this user's own key.
-            let authorized_keys = if useraccess::is_root() {
-                Vec::new()
-            } else {
-                vec![useraccess::public_key()?]
-            };
             let spec = VmSpec {
                 name,
                 cpus,
@@ -134,16 +152,13 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 disk_gib: disk,
                 image,
                 nat,
-                authorized_keys,
+                authorized_keys: Vec::new(),
                 cold,
                 disk_strategy,
                 ttl_secs,
                 workspace,
             };
-            let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
-            if !useraccess::is_root() {
-                useraccess::refresh_known_hosts(socket)?;
-            }
+            let vm = create(socket, spec)?;
             eprintln!(
                 "{} is running at {} (ssh: banger vm ssh {})",
                 vm.name, vm.ip, vm.name
@@ -228,9 +243,9 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
                 output::table(&["PROTO", "ENDPOINT", "PROCESS"], &rows);
             }
         }
-        VmCommand::Logs { name, follow } => {
+        VmCommand::Logs { name, follow, json } => {
             validate_vm_name(&name)?;
-            logs(socket, &name, follow)?;
+            logs(socket, &name, follow, json)?;
         }
         VmCommand::Ssh { name, command } => {
             let info = ssh_info(socket, &name)?;
@@ -241,14 +256,39 @@ pub fn run(cmd: VmCommand, socket: &Path) -> anyhow::Result<i32> {
             c.args(&command);
             return Err(c.exec().into());
         }
-        VmCommand::Exec { name, command } => {
+        VmCommand::Cp { src, dest } => return super::cp::run(socket, &src, &dest),
+        VmCommand::Exec {
+            name,
+            workdir,
+            env,
+            interactive,
+            tty,
+            command,
+        } => {
+            let opts =
+                ExecOptions::new(workdir, &env, interactive, tty, |n| std::env::var(n).ok())?;
             let info = ssh_info(socket, &name)?;
             let mut c = ssh_command(&info, true);
-            c.arg(shell_join(&command));
+            c.args(opts.ssh_flags());
+            c.arg(opts.remote_command(&command));
             return Err(c.exec().into());
         }
     }
     Ok(0)
+}
+
+/// Creates and boots a VM as the caller: a non-root caller's own key is
+/// authorized in the guest and its known_hosts refreshed.
+pub fn create(socket: &Path, mut spec: VmSpec) -> anyhow::Result<VmInfo> {
+    validate_vm_name(&spec.name)?;
+    if !useraccess::is_root() {
+        spec.authorized_keys = vec![useraccess::public_key()?];
+    }
+    let vm: VmInfo = rpc::call(socket, &Request::VmCreate { spec })?;
+    if !useraccess::is_root() {
+        useraccess::refresh_known_hosts(socket)?;
+    }
+    Ok(vm)
 }
 
 fn state_change(socket: &Path, name: &str, req: Request, verb: &str) -> anyhow::Result<()> {
@@ -299,7 +339,7 @@ fn prune(socket: &Path, force: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn ssh_info(socket: &Path, name: &str) -> anyhow::Result<SshInfo> {
+pub fn ssh_info(socket: &Path, name: &str) -> anyhow::Result<SshInfo> {
     validate_vm_name(name)?;
     let info = rpc::call(
         socket,
@@ -310,7 +350,7 @@ fn ssh_info(socket: &Path, name: &str) -> anyhow::Result<SshInfo> {
     useraccess::local_ssh_info(socket, info)
 }
 
-fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {
+pub fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {
     let mut c = std::process::Command::new("ssh");
     c.args(info.client_args());
     if batch {
@@ -320,29 +360,13 @@ fn ssh_command(info: &SshInfo, batch: bool) -> std::process::Command {
     c
 }
 
-/// Quotes each argument for the guest's shell so argv survives ssh.
-pub fn shell_join(args: &[String]) -> String {
-    args.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Prints the serial console, read through the daemon (it is root's
 /// file); `follow` keeps reading as it grows.
-fn logs(socket: &Path, name: &str, follow: bool) -> anyhow::Result<()> {
+fn logs(socket: &Path, name: &str, follow: bool, json: bool) -> anyhow::Result<()> {
     use base64::Engine;
     let mut out = std::io::stdout().lock();
     let mut offset = 0u64;
+    let mut said_anything = false;
     loop {
         let v: serde_json::Value = rpc::call(
             socket,
@@ -355,41 +379,32 @@ fn logs(socket: &Path, name: &str, follow: bool) -> anyhow::Result<()> {
             .decode(v["data_base64"].as_str().unwrap_or_default())
             .map_err(|e| anyhow::anyhow!("bad console data from the daemon: {e}"))?;
         let next = v["next_offset"].as_u64().unwrap_or(offset);
-        out.write_all(&data)?;
+        if json {
+            // Something is printed even for an empty console.
+            if !data.is_empty() || !said_anything {
+                said_anything = true;
+                let line = serde_json::json!({
+                    "vm": name,
+                    "offset": offset,
+                    "next_offset": next,
+                    "text": String::from_utf8_lossy(&data),
+                });
+                writeln!(out, "{line}")?;
+            }
+        } else {
+            out.write_all(&data)?;
+        }
         out.flush()?;
         let caught_up = next == offset || data.is_empty();
         offset = next;
         if caught_up {
             if !follow {
-                if offset == 0 {
+                if offset == 0 && !json {
                     eprintln!("no console output yet");
                 }
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shell_join;
-
-    #[test]
-    fn shell_join_keeps_argv() {
-        let args: Vec<String> = ["sh", "-c", "echo 'hi' there; exit 3", ""]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let joined = shell_join(&args);
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf '%s|' {joined}"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "sh|-c|echo 'hi' there; exit 3||"
-        );
     }
 }

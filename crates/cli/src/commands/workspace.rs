@@ -104,7 +104,7 @@ pub fn run(cmd: WorkspaceCommand, socket: &Path) -> anyhow::Result<i32> {
 
 /// Streams the patch into a file beside `path`, renamed over it only when
 /// the whole patch arrived: a failed export leaves no half patch.
-fn export_to_file(socket: &Path, req: &Request, path: &Path) -> anyhow::Result<()> {
+pub fn export_to_file(socket: &Path, req: &Request, path: &Path) -> anyhow::Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.partial",
         path.file_name()

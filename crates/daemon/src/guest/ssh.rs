@@ -255,6 +255,63 @@ pub async fn exec_stream(
     Ok((status, errors.await.unwrap_or_default()))
 }
 
+/// Runs `command` in the guest as root with its stdin fed from `input`
+/// chunk by chunk until `input` closes (an upload, never held whole);
+/// returns its output (stdout at most [`STDOUT_CAP`], the end of stderr).
+/// Once the command exits, `input` is dropped: a sender then learns that
+/// the guest stopped reading.
+pub async fn exec_feed(
+    layout: &Layout,
+    ip: &str,
+    command: &str,
+    mut input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<std::process::Output, GuestError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut child = ssh_command(layout, ip, command, true)
+        .spawn()
+        .map_err(|e| GuestError::Failed(format!("running ssh: {e}")))?;
+    let (Some(mut pipe), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(GuestError::Failed("ssh without pipes".into()));
+    };
+    let feed = tokio::spawn(async move {
+        while let Some(chunk) = input.recv().await {
+            if pipe.write_all(&chunk).await.is_err() {
+                break; // the command stopped reading; its status says why
+            }
+        }
+        // Dropping the pipe closes the command's stdin.
+    });
+    let keep = |mut from: tokio::process::ChildStderr| async move {
+        let mut kept = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > STDERR_KEEP {
+                kept.drain(..kept.len() - STDERR_KEEP);
+            }
+        }
+        kept
+    };
+    let out = async {
+        let mut kept = Vec::new();
+        let _ = stdout.take(STDOUT_CAP as u64).read_to_end(&mut kept).await;
+        kept
+    };
+    let (stdout, stderr, status) = tokio::join!(out, keep(stderr), child.wait());
+    feed.abort();
+    let status = status.map_err(|e| GuestError::Failed(format!("waiting for ssh: {e}")))?;
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
 /// Writes the `Host *.vm` block that `ssh-config` prints and installs.
 pub fn write_ssh_config(layout: &Layout) -> Result<PathBuf, GuestError> {
     let path = layout.ssh_config();

@@ -68,6 +68,15 @@ pub trait GuestLink: Send + Sync {
         stdin: Option<Vec<u8>>,
         out: tokio::sync::mpsc::Sender<Vec<u8>>,
     ) -> BoxFuture<'a, Result<StreamEnd, GuestError>>;
+    /// Like [`GuestLink::exec`], with stdin streamed from `input` until it
+    /// closes (uploads), never held whole; `input` is dropped once the
+    /// command exits.
+    fn exec_feed<'a>(
+        &'a self,
+        ip: &'a str,
+        command: &'a str,
+        input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<Output, GuestError>>;
 }
 
 /// What a streamed guest command ends with: its exit status and the end

@@ -84,6 +84,15 @@ impl GuestLink for OpenSsh {
             crate::opstate::CHUNK,
         ))
     }
+
+    fn exec_feed<'a>(
+        &'a self,
+        ip: &'a str,
+        command: &'a str,
+        input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<Output, GuestError>> {
+        Box::pin(ssh::exec_feed(&self.layout, ip, command, input))
+    }
 }
 
 /// The real host: every adapter above, and the disk strategies and VMM

@@ -88,6 +88,19 @@ pub async fn dispatch(
         Request::VmSetTtl { name, ttl_secs } => {
             to_value(svc.set_ttl(caller, &name, ttl_secs, sink).await?)
         }
+        Request::VmCpIn { .. } => Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "vm_cp_in takes its tar as upload frames after the request; use `banger vm cp`",
+        )),
+        Request::VmCpOut {
+            name,
+            src,
+            contents,
+        } => {
+            // The tar itself went out as data events.
+            let bytes = svc.cp_out(caller, &name, &src, contents, sink).await?;
+            Ok(json!({ "bytes": bytes }))
+        }
         Request::ImageList => to_value(svc.image_list(caller)?),
         Request::ImageRm { name } => {
             svc.image_rm(caller, &name)?;

@@ -23,6 +23,7 @@ use crate::opstate::SINK_DEPTH;
 use crate::vm::{Caller, VmService};
 
 mod dispatch;
+mod upload;
 pub use dispatch::dispatch;
 
 /// Longest request line accepted, its newline not counted. Requests are
@@ -242,11 +243,19 @@ async fn handle_connection(stream: UnixStream, svc: Arc<VmService>, limits: Limi
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = tokio::sync::mpsc::channel(SINK_DEPTH);
     match read_request(read, limits.request_deadline).await {
-        Ok(req) => {
+        Ok((req, reader)) => {
             tracing::debug!(uid, ?req, "request");
             let sink = tx.clone();
+            // An upload's frames are read as the operation takes them.
+            let upload = req
+                .takes_upload()
+                .then(|| upload::read_frames(reader, limits.write_deadline));
             tokio::spawn(async move {
-                let event = match dispatch(&svc, req, caller, sink.clone()).await {
+                let answer = match upload {
+                    Some(frames) => upload::dispatch(&svc, req, caller, sink.clone(), frames).await,
+                    None => dispatch(&svc, req, caller, sink.clone()).await,
+                };
+                let event = match answer {
                     Ok(v) => Event::Ok(v),
                     Err(e) => Event::Error(e),
                 };
@@ -277,14 +286,25 @@ async fn handle_connection(stream: UnixStream, svc: Arc<VmService>, limits: Limi
     }
 }
 
+/// The connection's read side after the request line (an upload follows
+/// some requests), buffered bytes kept.
+type RequestReader = BufReader<tokio::io::Take<OwnedReadHalf>>;
+
 /// Reads the request line: at most [`MAX_REQUEST`] bytes and a newline,
 /// all within `deadline`. A client that half-closes after its request
 /// without a newline is still served.
-async fn read_request(read: OwnedReadHalf, deadline: Duration) -> Result<Request, NoRequest> {
+async fn read_request(
+    read: OwnedReadHalf,
+    deadline: Duration,
+) -> Result<(Request, RequestReader), NoRequest> {
     let mut buf = Vec::new();
-    let mut reader = BufReader::new(read).take(MAX_REQUEST + 1);
+    let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
     match tokio::time::timeout(deadline, reader.read_until(b'\n', &mut buf)).await {
-        Ok(Ok(_)) => parse_request(&buf),
+        Ok(Ok(_)) => {
+            let req = parse_request(&buf)?;
+            reader.get_mut().set_limit(u64::MAX);
+            Ok((req, reader))
+        }
         Ok(Err(e)) => {
             tracing::debug!("reading a request: {e}");
             Err(NoRequest::Closed)

@@ -5,6 +5,7 @@
 
 mod boot;
 pub mod caller;
+pub mod copy;
 mod create;
 pub mod error;
 mod imagefromvm;

@@ -26,6 +26,10 @@ pub enum Claim {
     Exclusive,
     /// Cancels the operation holding the VM, then takes it.
     Preempt,
+    /// Recorded as an operation on the VM but holds nothing: runs beside
+    /// others on it, as commands in the guest do (`vm cp`); ends when the
+    /// VMM does.
+    Shared,
 }
 
 /// A verb as the runner sees it.
@@ -57,6 +61,7 @@ impl VmService {
         let op = match kind.claim {
             Claim::Exclusive => self.ops.begin(kind.name, &[name], sink)?,
             Claim::Preempt => self.ops.begin_preempting(kind.name, name, sink).await?,
+            Claim::Shared => self.ops.begin_shared(kind.name, name, sink)?,
         };
         let result = async {
             // Another operation may have changed it before we took it.

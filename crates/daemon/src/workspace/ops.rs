@@ -63,7 +63,11 @@ fn script_command(args: &[&str]) -> String {
 
 /// A script's exit as an error carrying its last stderr line (exit 3: the
 /// caller's mistake).
-fn script_result(vm: &VmRecord, status: std::process::ExitStatus, stderr: &[u8]) -> R<()> {
+pub(crate) fn script_result(
+    vm: &VmRecord,
+    status: std::process::ExitStatus,
+    stderr: &[u8],
+) -> R<()> {
     if status.success() {
         return Ok(());
     }

@@ -1,7 +1,8 @@
 //! Fault injection without VMs. Each operation (create, start, stop,
-//! restart, kill, delete, workspace prepare and export) first runs cleanly
-//! on the fake host, which numbers every host call it makes. Then, for each
-//! numbered call, the operation runs again on a fresh bed with that call
+//! restart, kill, delete, workspace prepare and export, vm cp in and out)
+//! first runs cleanly on the fake host, which numbers every host call it
+//! makes. Then, for each numbered call, the operation runs again on a
+//! fresh bed with that call
 //! (a) failing and (b) crashing the daemon. After each run the suite checks
 //! what a user would: nothing leaked (process, tap, NAT rule, disk or other
 //! file, known_hosts line; DNS answers come from the store), and, after a
@@ -36,6 +37,8 @@ pub(super) enum Step {
     DeleteForce,
     Prepare(Mode),
     Export,
+    CpIn,
+    CpOut,
 }
 
 pub(super) async fn run_step(
@@ -62,6 +65,20 @@ pub(super) async fn run_step(
             svc.workspace_prepare(ROOT, req, None).await.map(drop)
         }
         Step::Export => svc.workspace_export(ROOT, VM, None, None).await.map(drop),
+        Step::CpIn => {
+            let (tx, frames) = tokio::sync::mpsc::channel(1);
+            let _ = tx.try_send(Ok(b"a tar".to_vec()));
+            drop(tx);
+            let req = crate::vm::copy::CpIn {
+                vm: VM.into(),
+                dest: "/root/x".into(),
+                source_name: "x".into(),
+                source_is_dir: false,
+                contents: false,
+            };
+            svc.cp_in(ROOT, req, frames, None).await.map(drop)
+        }
+        Step::CpOut => svc.cp_out(ROOT, VM, "/root/x", false, None).await.map(drop),
     }
 }
 
@@ -246,6 +263,8 @@ fault_test!(
     false
 );
 fault_test!(export, PREPARED, Step::Export, false);
+fault_test!(cp_in, RUNNING, Step::CpIn, false);
+fault_test!(cp_out, RUNNING, Step::CpOut, false);
 
 // dm-snapshot: a device exists only while the VM runs; its COW file stays
 // until delete. (reflink and copy disks are files only: the runs above.)

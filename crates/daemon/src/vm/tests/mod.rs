@@ -5,6 +5,7 @@
 
 mod bed;
 mod callers;
+mod copy;
 mod faults;
 mod fromvm;
 mod images;
