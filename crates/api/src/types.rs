@@ -232,8 +232,15 @@ pub fn ssh_client_args(identity_file: &str, known_hosts: &str) -> Vec<String> {
         "StrictHostKeyChecking=yes".into(),
         "-o".into(),
         "LogLevel=ERROR".into(),
+        "-o".into(),
+        format!("KexAlgorithms={KEX_FIRST}"),
     ]
 }
+
+/// Key exchange to VMs: curve25519 first. The post-quantum hybrid (the
+/// default) costs the guest a third of a second more per connection under
+/// emulation, for traffic that never leaves the host.
+pub const KEX_FIRST: &str = "^curve25519-sha256";
 
 /// A listening socket in a guest, as `vm ports` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -106,9 +106,10 @@ pub fn write_ssh_config(socket: &Path) -> anyhow::Result<(PathBuf, String)> {
     let text = format!(
         "# banger: SSH to your VMs as NAME.vm. Written by `banger ssh-config`.\n\
          Host *.vm\n    User root\n    IdentityFile {}\n    IdentitiesOnly yes\n    \
-         UserKnownHostsFile {}\n    StrictHostKeyChecking yes\n    LogLevel ERROR\n",
+         UserKnownHostsFile {}\n    StrictHostKeyChecking yes\n    LogLevel ERROR\n    KexAlgorithms {}\n",
         key_path()?.display(),
-        known.display()
+        known.display(),
+        banger_api::types::KEX_FIRST
     );
     let path = ssh_config_path()?;
     write_private(&path, &text)?;

@@ -326,9 +326,10 @@ pub fn ssh_config_text(layout: &Layout) -> String {
     format!(
         "# banger: SSH to VMs as NAME.vm. Managed by the banger daemon.\n\
          Host *.vm\n    User root\n    IdentityFile {}\n    IdentitiesOnly yes\n    \
-         UserKnownHostsFile {}\n    StrictHostKeyChecking yes\n    LogLevel ERROR\n",
+         UserKnownHostsFile {}\n    StrictHostKeyChecking yes\n    LogLevel ERROR\n    KexAlgorithms {}\n",
         layout.client_key().display(),
-        layout.known_hosts().display()
+        layout.known_hosts().display(),
+        banger_api::types::KEX_FIRST
     )
 }
 
