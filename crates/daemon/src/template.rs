@@ -13,10 +13,24 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::disk::Strategy;
 use crate::layout::Layout;
 
-/// The template's disk (qcow2 over the image's root filesystem).
-pub const DISK: &str = "disk.qcow2";
+/// The template's disk, made over the image's root filesystem by the
+/// shape's disk strategy (a qcow2 overlay, or a reflinked or sparse copy);
+/// restored VMs' disks are made over it the same way.
+pub fn disk_file(strategy: Strategy) -> &'static str {
+    match strategy {
+        Strategy::Qcow2 => "disk.qcow2",
+        _ => "disk.img",
+    }
+}
+
+/// Strategies a template's disk can be made with: a disk that is a whole
+/// disk (not a device-mapper snapshot's changes alone).
+pub fn strategy_allowed(strategy: Strategy) -> bool {
+    strategy != Strategy::DmSnapshot
+}
 /// The saved device and memory state: a directory the backend fills
 /// (`Vmm::snapshot`).
 pub const STATE: &str = "state";
@@ -39,15 +53,28 @@ pub struct Shape {
     pub cpus: u32,
     pub memory_mib: u32,
     pub disk_gib: u32,
+    /// The disk strategy (`Strategy::as_str`) of the template's disk and of
+    /// the VMs restored from it.
+    #[serde(default = "qcow2")]
+    pub disk: String,
+}
+
+fn qcow2() -> String {
+    Strategy::Qcow2.as_str().to_string()
 }
 
 impl Shape {
     /// A readable, file-name-safe prefix for the template's directory.
     pub fn key(&self) -> String {
         format!(
-            "{}-v{}-{}c-{}m-{}g",
-            self.image, self.image_version, self.cpus, self.memory_mib, self.disk_gib
+            "{}-v{}-{}c-{}m-{}g-{}",
+            self.image, self.image_version, self.cpus, self.memory_mib, self.disk_gib, self.disk
         )
+    }
+
+    /// The disk strategy, parsed.
+    pub fn strategy(&self) -> Strategy {
+        Strategy::parse(&self.disk).unwrap_or(Strategy::Qcow2)
     }
 }
 
@@ -94,7 +121,7 @@ pub struct Template {
 
 impl Template {
     pub fn disk(&self) -> PathBuf {
-        self.dir.join(DISK)
+        self.dir.join(disk_file(self.meta.shape.strategy()))
     }
     pub fn state(&self) -> PathBuf {
         self.dir.join(STATE)
@@ -115,8 +142,8 @@ pub fn list(layout: &Layout) -> Vec<Template> {
             }
             let dir = e.path();
             let meta = serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()?;
-            let complete = dir.join(DISK).is_file() && dir.join(STATE).is_dir();
-            complete.then_some(Template { id, dir, meta })
+            let t = Template { id, dir, meta };
+            (t.disk().is_file() && t.state().is_dir()).then_some(t)
         })
         .collect();
     out.sort_by(|a, b| (a.meta.built_at, &a.id).cmp(&(b.meta.built_at, &b.id)));
@@ -193,6 +220,7 @@ mod tests {
             cpus,
             memory_mib: 1024,
             disk_gib: 4,
+            disk: "qcow2".into(),
         }
     }
 
@@ -224,7 +252,7 @@ mod tests {
         ] {
             let d = l.template_dir(id);
             std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join(DISK), "").unwrap();
+            std::fs::write(d.join("disk.qcow2"), "").unwrap();
             std::fs::create_dir(d.join(STATE)).unwrap();
             let meta = Meta {
                 shape: shape(cpus),

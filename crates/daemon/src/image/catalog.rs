@@ -278,7 +278,7 @@ pub(crate) fn fake_build(tag: &str) -> impl FnOnce(&ImagePaths) -> Result<(), Im
             kernel: tag.clone(),
             suite: "bookworm".into(),
             built_at: 1_700_000_000,
-            guest_agent: false,
+            guest_agent: true,
             includes: Vec::new(),
             script_sha256: None,
             from_vm: None,

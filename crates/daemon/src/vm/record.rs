@@ -78,7 +78,9 @@ impl VmRecord {
     /// image's root filesystem.
     pub fn disk_base(&self, layout: &Layout) -> std::path::PathBuf {
         match &self.template {
-            Some(t) => layout.template_dir(t).join(crate::template::DISK),
+            Some(t) => layout
+                .template_dir(t)
+                .join(crate::template::disk_file(self.disk)),
             None => self.image_files(layout).rootfs(),
         }
     }

@@ -68,9 +68,6 @@ impl VmService {
             }
             return Err(e);
         }
-        if vm.template.is_some() {
-            self.collect_templates();
-        }
         op.phase("deleted", &format!("{} deleted", vm.name), 100);
         Ok(())
     }
@@ -109,6 +106,9 @@ impl VmService {
         // Its image version goes too if it was the last VM on it and a
         // newer one is current.
         self.prune_image(&vm.image, false).await;
+        // And a template nobody needs any more (its image version gone, or
+        // this the last VM made over a superseded one).
+        self.collect_templates();
         Ok(())
     }
 

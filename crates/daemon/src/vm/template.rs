@@ -38,8 +38,8 @@ impl VmService {
         let image = vm.image_files(self.layout());
         let ok = self.cfg.templates
             && backend.capabilities().snapshots
-            // The restored disk is a qcow2 overlay on the template's disk.
-            && vm.disk == Strategy::Qcow2
+            // The restored disk is made over the template's disk.
+            && template::strategy_allowed(vm.disk)
             && Manifest::read(&image).is_some_and(|m| m.guest_agent);
         ok.then(|| Shape {
             image: vm.image.clone(),
@@ -47,6 +47,7 @@ impl VmService {
             cpus: vm.cpus,
             memory_mib: vm.memory_mib,
             disk_gib: vm.disk_gib,
+            disk: vm.disk.as_str().to_string(),
         })
     }
 
@@ -120,7 +121,7 @@ impl VmService {
         }
         let _ = std::fs::remove_dir_all(&run);
         let done = made.and_then(|()| {
-            finish_files(&dir)?;
+            finish_files(&dir, shape.strategy())?;
             let meta = template::Meta {
                 shape: shape.clone(),
                 maker: self.maker(backend),
@@ -161,11 +162,12 @@ impl VmService {
         }
         ensure_dir(run, 0o700).map_err(host_io(run))?;
         let image = l.image_version(&shape.image, shape.image_version);
+        let strategy = shape.strategy();
         let disk = self
             .host
-            .disk(Strategy::Qcow2)
-            .ok_or_else(|| VmError::HostMissing("qcow2 disks (qemu-img)".into()))?;
-        let root = dir.join(template::DISK);
+            .disk(strategy)
+            .ok_or_else(|| VmError::HostMissing(format!("{} disks", strategy.as_str())))?;
+        let root = dir.join(template::disk_file(strategy));
         disk.create(&image.rootfs(), &root, shape.disk_gib)
             .context(|| "creating the template's disk".to_string())?;
         let host_key = dir.join("host_key");
@@ -203,7 +205,7 @@ impl VmService {
             drives: backend.drive_plan(BootDrives {
                 root: Drive {
                     path: root.clone(),
-                    format: DiskFormat::Qcow2,
+                    format: disk.format(),
                     readonly: false,
                     serial: ROOT_SERIAL.into(),
                 },
@@ -392,11 +394,11 @@ fn template_vm_name(id: &str) -> String {
 /// A built template's files: the disk root's and readable by every VMM
 /// (restored VMs read it as their backing file); what only the build
 /// needed goes.
-fn finish_files(dir: &std::path::Path) -> R<()> {
+fn finish_files(dir: &std::path::Path, strategy: Strategy) -> R<()> {
     use std::os::unix::fs::PermissionsExt;
     // SAFETY: geteuid has no side effects.
     let root = unsafe { libc::geteuid() } == 0;
-    let disk = dir.join(template::DISK);
+    let disk = dir.join(template::disk_file(strategy));
     // The console log stays: it is the boot of every VM restored from it.
     let console = dir.join(template::CONSOLE);
     if root {

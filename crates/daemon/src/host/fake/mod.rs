@@ -55,6 +55,10 @@ pub struct FakeProc {
 
 #[derive(Default)]
 struct State {
+    /// The fake VMM can save and restore VMs (templates).
+    snapshots: bool,
+    /// What the fake guest agent ran, in order (program and arguments).
+    agent_runs: Vec<Vec<String>>,
     bridges: BTreeSet<String>,
     taps: BTreeSet<String>,
     /// (table, "-A CHAIN spec...") in order, as iptables keeps them.
@@ -116,6 +120,16 @@ impl World {
 
     /// Makes the fake disk play `strategy` (a device per running disk for
     /// dm-snapshot; files only for the others).
+    /// Lets the fake VMM save and restore VMs, so templates are built.
+    pub fn enable_snapshots(&self) {
+        self.state().snapshots = true;
+    }
+
+    /// The programs the fake guest agent ran, with their arguments.
+    pub fn agent_runs(&self) -> Vec<Vec<String>> {
+        self.state().agent_runs.clone()
+    }
+
     pub fn use_disk(&self, strategy: Strategy) {
         self.state().disk_strategy = Some(strategy);
     }

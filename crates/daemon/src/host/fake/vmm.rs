@@ -29,7 +29,7 @@ impl Vmm for FakeVmm {
             disk_formats: &[DiskFormat::Raw],
             kernel: KernelFormat::BzImage,
             needs_kvm: false,
-            snapshots: false,
+            snapshots: self.0.state().snapshots,
         }
     }
     fn kernel_cmdline(&self, name: &str) -> String {
@@ -105,6 +105,51 @@ impl Vmm for FakeVmm {
             }
         }
         Ok(())
+    }
+    fn version(&self) -> String {
+        "fake 1".into()
+    }
+    fn snapshot(&self, _control: &Path, dest: &Path) -> Result<(), VmmError> {
+        self.0
+            .hit("vmm.snapshot")
+            .map_err(|e| Self::control_err("snapshot", e))?;
+        std::fs::create_dir_all(dest).map_err(|e| Self::control_err("snapshot", e.to_string()))?;
+        std::fs::write(dest.join("vmstate"), b"fake state")
+            .map_err(|e| Self::control_err("snapshot", e.to_string()))
+    }
+    fn restore(&self, spec: &LaunchSpec, from: &Path) -> Result<RuntimeHandle, VmmError> {
+        self.0
+            .hit("vmm.restore")
+            .map_err(|e| Self::control_err("restore", e))?;
+        if !from.join("vmstate").is_file() {
+            return Err(VmmError::Control(format!("no state in {}", from.display())));
+        }
+        self.launch(spec)
+    }
+    fn agent_exec(
+        &self,
+        control: &Path,
+        path: &str,
+        args: &[String],
+        _timeout: Duration,
+    ) -> Result<crate::vmm::qga::AgentOutput, VmmError> {
+        self.0
+            .hit("vmm.agent_exec")
+            .map_err(|e| Self::control_err("agent", e))?;
+        let mut st = self.0.state();
+        if !st.procs.values().any(|p| p.alive && p.control == control) {
+            return Err(VmmError::Control("guest agent: no VM".into()));
+        }
+        st.agent_runs.push(
+            std::iter::once(path.to_string())
+                .chain(args.iter().cloned())
+                .collect(),
+        );
+        Ok(crate::vmm::qga::AgentOutput {
+            code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+        })
     }
     fn detach_drive(&self, control: &Path, id: &str) -> Result<(), VmmError> {
         self.0

@@ -1,7 +1,7 @@
 //! The daemon's core on the fake host (`host::fake`), without VMs or
 //! privilege: the fault-injection suite, a guest that never answers, who
 //! may see which VM, image versions, images from VMs, lifetimes and
-//! create with a repo.
+//! create with a repo, templates.
 
 mod bed;
 mod callers;
@@ -10,4 +10,5 @@ mod faults;
 mod fromvm;
 mod images;
 mod lifetimes;
+mod templates;
 mod wedge;
