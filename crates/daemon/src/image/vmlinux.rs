@@ -47,11 +47,22 @@ pub fn payload(bzimage: &[u8]) -> Result<&[u8], ImageError> {
 
 /// The ELF kernel inside `bzimage`.
 pub fn extract(bzimage: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let mut elf = Vec::new();
+    extract_to(bzimage, &mut elf)?;
+    Ok(elf)
+}
+
+/// Writes the ELF kernel inside `bzimage` to `out`, a block at a time
+/// (the daemon never holds the whole unpacked kernel, ~60 MiB).
+pub fn extract_to(bzimage: &[u8], out: &mut impl std::io::Write) -> Result<(), ImageError> {
     let p = payload(bzimage)?;
-    let elf = if p.starts_with(ELF_MAGIC) {
-        p.to_vec()
+    let mut first = [0u8; 4];
+    if p.starts_with(ELF_MAGIC) {
+        first.copy_from_slice(&p[..4]);
+        out.write_all(p)
+            .map_err(|e| bad(format!("writing vmlinux: {e}")))?;
     } else if u32_at(p, 0) == Some(LZ4_LEGACY_MAGIC) {
-        lz4_legacy(p)?
+        lz4_legacy_to(p, &mut first, out)?;
     } else {
         let kind = match p.get(..4) {
             Some([0x1f, 0x8b, ..]) => "gzip",
@@ -63,28 +74,44 @@ pub fn extract(bzimage: &[u8]) -> Result<Vec<u8>, ImageError> {
             "the kernel is compressed with {kind}, which banger does not unpack; \
              make vmlinux with the kernel's scripts/extract-vmlinux and put it beside vmlinuz"
         )));
-    };
-    if !elf.starts_with(ELF_MAGIC) {
+    }
+    if first != ELF_MAGIC {
         return Err(bad("the unpacked kernel is not an ELF file"));
     }
-    Ok(elf)
+    Ok(())
 }
 
 /// Writes the vmlinux inside the bzImage at `bzimage` to `dest`.
 pub fn write(bzimage: &Path, dest: &Path) -> Result<(), ImageError> {
     let data = std::fs::read(bzimage).map_err(|e| ImageError::io(bzimage, e))?;
-    let elf = extract(&data).map_err(|e| bad(format!("{}: {e}", bzimage.display())))?;
-    std::fs::write(dest, elf).map_err(|e| ImageError::io(dest, e))
+    let file = std::fs::File::create(dest).map_err(|e| ImageError::io(dest, e))?;
+    let mut out = std::io::BufWriter::new(file);
+    extract_to(&data, &mut out).map_err(|e| bad(format!("{}: {e}", bzimage.display())))?;
+    std::io::Write::flush(&mut out).map_err(|e| ImageError::io(dest, e))
 }
 
 /// LZ4's legacy frame: the magic, then blocks (`u32` compressed size, the
 /// block), as the kernel's build writes it: its uncompressed size last.
 pub fn lz4_legacy(data: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::new();
+    lz4_legacy_to(data, &mut [0u8; 4], &mut out)?;
+    Ok(out)
+}
+
+/// [`lz4_legacy`] to a writer, one block (at most 8 MiB) in memory at a
+/// time: the legacy format's blocks are independent. `first` gets the
+/// first four bytes unpacked.
+fn lz4_legacy_to(
+    data: &[u8],
+    first: &mut [u8; 4],
+    w: &mut impl std::io::Write,
+) -> Result<(), ImageError> {
     let size = data.len().checked_sub(4).and_then(|at| u32_at(data, at));
     let expected = size.ok_or_else(|| bad("LZ4 payload too short"))? as usize;
-    let mut out = Vec::with_capacity(expected);
+    let mut written = 0usize;
+    let mut out = Vec::new();
     let mut at = 4;
-    while at + 4 <= data.len() && out.len() < expected {
+    while at + 4 <= data.len() && written < expected {
         let n = u32_at(data, at).unwrap_or(0) as usize;
         at += 4;
         if n as u32 == LZ4_LEGACY_MAGIC {
@@ -93,16 +120,22 @@ pub fn lz4_legacy(data: &[u8]) -> Result<Vec<u8>, ImageError> {
         let block = data
             .get(at..at + n)
             .ok_or_else(|| bad("LZ4 block beyond the payload"))?;
+        out.clear();
         lz4_block(block, &mut out)?;
+        if written == 0 && out.len() >= 4 {
+            first.copy_from_slice(&out[..4]);
+        }
+        w.write_all(&out)
+            .map_err(|e| bad(format!("writing vmlinux: {e}")))?;
+        written += out.len();
         at += n;
     }
-    if out.len() != expected {
+    if written != expected {
         return Err(bad(format!(
-            "LZ4 payload unpacked to {} bytes, the kernel says {expected}",
-            out.len()
+            "LZ4 payload unpacked to {written} bytes, the kernel says {expected}"
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One LZ4 block, appended to `out`.
