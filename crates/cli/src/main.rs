@@ -70,12 +70,18 @@ enum Command {
 }
 
 fn main() {
-    // A closed pipe (`banger vm list | head`) ends us quietly, like any CLI.
-    // SAFETY: resetting SIGPIPE to its default before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // A closed pipe (`banger vm list | head`) ends a command quietly, like
+    // any CLI. The servers (the daemon, `mcp`) keep Rust's default: a
+    // write to a closed pipe is an error to handle, never the end of the
+    // process (a guest that closes its end of a copy must not stop the
+    // daemon).
+    if !matches!(cli.command, Command::Daemon(_) | Command::Mcp) {
+        // SAFETY: resetting SIGPIPE to its default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let socket = cli.socket;
     let result = match cli.command {
         Command::Daemon(args) => commands::daemon::run(*args, &socket),

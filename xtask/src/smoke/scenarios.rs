@@ -171,6 +171,19 @@ fn daemon_up(env: &Env) -> anyhow::Result<Outcome> {
         v.as_array().is_some_and(|a| a.is_empty()),
         "a fresh daemon lists VMs: {out}"
     );
+    // A closed pipe (a guest ending a copy early) is an error to the
+    // daemon, never its end: it ignores SIGPIPE.
+    let pid = env.daemon_pid().context("no daemon process")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .context("no SigIgn in the daemon's status")?;
+    ensure!(
+        ignored & (1 << (libc::SIGPIPE - 1)) != 0,
+        "the daemon does not ignore SIGPIPE (SigIgn {ignored:x}): a closed pipe would end it"
+    );
     let doctor = env.banger(&["doctor"]);
     let text = String::from_utf8_lossy(&doctor.stdout);
     ensure!(
