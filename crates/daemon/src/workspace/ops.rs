@@ -6,7 +6,7 @@ use std::sync::Arc;
 use banger_api::types::WorkspaceInfo;
 
 use super::reader::Reader;
-use super::{pack, scripts, Mode, DRIVE_ID, DRIVE_SERIAL, GUEST_REPO, IMPORT_ID, IMPORT_SERIAL};
+use super::{image, pack, scripts, Mode, DRIVE_ID, DRIVE_SERIAL, GUEST_REPO, IMPORT_ID, IMPORT_SERIAL};
 use crate::opstate::{Op, Sink};
 use crate::vm::runner::{self, Claim, OpKind};
 use crate::vm::service::{blocking, R};
@@ -43,12 +43,35 @@ const SCRIPT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(900)
 /// Runs `script` in the guest with `sh -s -- ARGS`; non-zero is an error
 /// carrying the script's last stderr line (exit 3: the caller's mistake).
 async fn guest_script(svc: &VmService, vm: &VmRecord, script: &str, args: &[&str]) -> R<Vec<u8>> {
-    let stdin = Some(script.as_bytes().to_vec());
-    let out = svc
-        .guest_exec(vm, &script_command(args), stdin, SCRIPT_DEADLINE)
-        .await?;
+    let out = guest_output(svc, vm, script, args).await?;
     script_result(vm, out.status, &out.stderr)?;
     Ok(out.stdout)
+}
+
+/// Runs `script` in the guest with `sh -s -- ARGS`, whatever its exit.
+async fn guest_output(
+    svc: &VmService,
+    vm: &VmRecord,
+    script: &str,
+    args: &[&str],
+) -> R<std::process::Output> {
+    let stdin = Some(script.as_bytes().to_vec());
+    svc.guest_exec(vm, &script_command(args), stdin, SCRIPT_DEADLINE)
+        .await
+}
+
+/// Whether a script that makes a workspace refused because the guest
+/// already has a /root/repo ([`scripts::CHECK_FREE`]).
+fn refused(out: &std::process::Output) -> bool {
+    out.status.code() == Some(scripts::EXIT_TAKEN)
+}
+
+/// The error for a guest that already has a /root/repo.
+fn taken(vm: &VmRecord) -> VmError {
+    VmError::InUse(format!(
+        "in {}: {GUEST_REPO} already exists in the guest; this VM already has a {GUEST_REPO}",
+        vm.name
+    ))
 }
 
 /// `sh -s -- ARGS`, the command a script runs as.
@@ -158,9 +181,6 @@ impl VmService {
         req: &PrepareRequest,
         repo: pack::Repo,
     ) -> R<WorkspaceInfo> {
-        guest_script(self, vm, scripts::CHECK_FREE, &[])
-            .await
-            .map_err(|e| VmError::InUse(format!("{e}; this VM already has a {GUEST_REPO}")))?;
         let l = self.layout().clone();
         let tar_path = l.vm_dir(&vm.name).join("workspace.tar");
         let image = l.vm_workspace_image(&vm.name);
@@ -171,16 +191,14 @@ impl VmService {
         );
         let (mode, readonly, include_ignored) = (req.mode, req.readonly, req.include_ignored);
         let (repo2, tar2, image2) = (repo.clone(), tar_path.clone(), image.clone());
+        // Whether the guest already has a /root/repo is asked by the script
+        // that mounts or extracts: one SSH session fewer.
         let packed = blocking(move || -> Result<(), super::WorkspaceError> {
             let list = pack::file_list(&repo2, include_ignored)?;
-            let entries = list.iter().filter(|b| **b == 0).count();
-            pack::tar(&repo2, &list, readonly, &tar2)?;
-            if mode == Mode::Overlay {
-                let built = pack::ext4_from_tar(&tar2, entries, readonly, &image2);
-                let _ = std::fs::remove_file(&tar2);
-                built?;
+            match mode {
+                Mode::Overlay => image::build(&repo2, &list, readonly, include_ignored, &image2),
+                Mode::FullCopy => pack::tar(&repo2, &list, readonly, &tar2),
             }
-            Ok(())
         })
         .await;
         if let Err(e) = packed {
@@ -218,15 +236,24 @@ impl VmService {
                     &format!("mounting the overlay at {GUEST_REPO}"),
                     70,
                 );
-                let mount = scripts::mount_overlay(DRIVE_SERIAL);
-                if let Err(e) = guest_script(self, vm, &mount, &[]).await {
-                    // Leave nothing half-made: a retry must find the VM as before.
-                    if let Err(undo) = guest_script(self, vm, scripts::UNDO_OVERLAY, &[]).await {
-                        tracing::warn!(vm = %vm.name, "undoing the overlay: {undo}");
+                let mount = scripts::first_mount_overlay(DRIVE_SERIAL);
+                let mounted = match guest_output(self, vm, &mount, &[]).await {
+                    Ok(out) if refused(&out) => Err(None),
+                    Ok(out) => script_result(vm, out.status, &out.stderr).map_err(Some),
+                    Err(e) => Err(Some(e)),
+                };
+                if let Err(e) = mounted {
+                    // Leave nothing half-made: a retry must find the VM as
+                    // before. A guest that refused made nothing.
+                    if e.is_some() {
+                        if let Err(undo) = guest_script(self, vm, scripts::UNDO_OVERLAY, &[]).await
+                        {
+                            tracing::warn!(vm = %vm.name, "undoing the overlay: {undo}");
+                        }
                     }
                     detach(&backend, &control, DRIVE_ID, &vm.name).await;
                     let _ = std::fs::remove_file(&image);
-                    return Err(e);
+                    return Err(e.unwrap_or_else(|| taken(vm)));
                 }
             }
             Mode::FullCopy => {
@@ -241,7 +268,11 @@ impl VmService {
                     Ok(()) => {
                         op.phase("extract", &format!("extracting into {GUEST_REPO}"), 60);
                         let script = scripts::extract_full_copy(IMPORT_SERIAL, req.readonly);
-                        guest_script(self, vm, &script, &[]).await
+                        match guest_output(self, vm, &script, &[]).await {
+                            Ok(out) if refused(&out) => Err(taken(vm)),
+                            Ok(out) => script_result(vm, out.status, &out.stderr),
+                            Err(e) => Err(e),
+                        }
                     }
                     Err(e) => Err(e),
                 };

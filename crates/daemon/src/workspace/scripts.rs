@@ -35,13 +35,23 @@ find_drive() {
 }
 "#;
 
-/// Fails when /root/repo exists already (a second prepare is refused).
+/// Exits 4 when /root/repo exists already (a second prepare is refused);
+/// the first step of the scripts that make a workspace.
 pub const CHECK_FREE: &str = r#"
-if [ -e /root/repo ]; then
+if [ -e /root/repo ] || [ -L /root/repo ]; then
     echo "banger: /root/repo already exists in the guest" >&2
     exit 4
 fi
 "#;
+
+/// The exit status of [`CHECK_FREE`] refusing.
+pub const EXIT_TAKEN: i32 = 4;
+
+/// The first mount of a new workspace: [`CHECK_FREE`], then
+/// [`mount_overlay`].
+pub fn first_mount_overlay(serial: &str) -> String {
+    format!("set -eu\n{CHECK_FREE}{}", mount_overlay(serial))
+}
 
 /// Mounts the overlay: lower = the workspace image, upper and work on the
 /// guest's own disk. Idempotent (run again after every boot).
@@ -79,6 +89,7 @@ pub fn extract_full_copy(serial: &str, readonly: bool) -> String {
     };
     format!(
         r#"set -eu
+{CHECK_FREE}
 {FIND_DRIVE}
 dev=$(find_drive {serial})
 trap 'rm -rf /root/repo.partial' EXIT
@@ -94,16 +105,29 @@ sync
 /// Writes the patch on stdout. `$1` is the base commit or empty (plain
 /// export: against HEAD). Uses a copy of the index, so the guest's index,
 /// HEAD and files stay as they are. Exit 3: unknown base commit.
-pub const EXPORT: &str = r#"set -eu
+///
+/// In an overlay workspace made by this version, `changed.pl` lists the
+/// paths that can differ from the index (what the overlay's upper layer
+/// holds, what the host saw changed, what the guest's index changed) and
+/// only those are updated (`git update-index`), in time that grows with
+/// the change, not the repo. Anywhere else (full_copy, an older image, a
+/// failure of that path) every file is looked at (`git add --all`).
+/// `BANGER_EXPORT_SCAN=full` forces the latter; `BANGER_REPO` and
+/// `BANGER_WS` name the repo and the workspace base (tests).
+pub const EXPORT: &str = concat!(
+    r#"set -eu
 cd "${BANGER_REPO:-/root/repo}"
+ws="${BANGER_WS:-/var/lib/banger/workspace}"
 tmp=$(mktemp)
 patch=$(mktemp)
-trap 'rm -f "$tmp" "$patch"' EXIT
-if [ -f .git/index ]; then cp .git/index "$tmp"; else rm -f "$tmp"; fi
+work=$(mktemp -d)
+trap 'rm -rf "$tmp" "$patch" "$work"' EXIT
+scratch_index() {
+    if [ -f .git/index ]; then cp .git/index "$tmp"; else rm -f "$tmp"; fi
+}
+scratch_index
 export GIT_INDEX_FILE="$tmp"
-# The index came from another machine: compare files by size and mtime
-# only, or git would re-read every file to trust it.
-git="git -c core.checkStat=minimal -c core.trustctime=false -c core.quotepath=true"
+git="git -c core.quotepath=true"
 base="${1:-}"
 if [ -n "$base" ]; then
     if ! $git cat-file -e "$base^{commit}" 2>/dev/null; then
@@ -115,11 +139,45 @@ elif $git rev-parse --verify -q HEAD >/dev/null; then
 else
     base=$($git hash-object -t tree /dev/null)
 fi
-$git add --all .
+cat > "$work/changed.pl" <<'BANGER_PERL'
+"#,
+    include_str!("changed.pl"),
+    r#"BANGER_PERL
+# The overlay of this workspace, mounted here: its upper layer is what changed.
+overlay_here() {
+    [ -f "$ws/lower/banger/changed" ] || return 1
+    here=$(pwd -P)
+    awk -v here="$here" -v up="upperdir=$ws/upper" -v low="lowerdir=$ws/lower/repo" '
+        $5 == here { for (i = 7; i <= NF; i++) if ($i == "-") break
+                     if ($(i+1) == "overlay") { n = split($(i+3), o, ",")
+                        for (j = 1; j <= n; j++) { if (o[j] == up) u = 1; if (o[j] == low) l = 1 } } }
+        END { exit !(u && l) }' /proc/self/mountinfo
+}
+fast_add() {
+    [ "${BANGER_EXPORT_SCAN:-}" != full ] || return 1
+    case $(uname -m) in
+        x86_64) nr=192 ;;
+        aarch64) nr=9 ;;
+        *) return 1 ;;
+    esac
+    overlay_here || return 1
+    perl "$work/changed.pl" "$ws" "$nr" "$work/paths" || return 1
+    $git update-index --add --remove -z --stdin < "$work/paths" >/dev/null
+}
+if fast_add 2>/dev/null; then
+    echo "banger: export looked at $(tr -cd '\0' < "$work/paths" | wc -c) paths" >&2
+else
+    # Every file: the index came from another machine, so compare files by
+    # size and mtime only, or git would re-read every file to trust it.
+    scratch_index
+    $git -c core.checkStat=minimal -c core.trustctime=false add --all .
+    echo "banger: export looked at every file" >&2
+fi
 # The whole patch first, then out: a git that fails sends nothing.
 $git diff --cached --binary --full-index -M "$base" > "$patch"
 cat "$patch"
-"#;
+"#
+);
 
 #[cfg(test)]
 mod tests {
@@ -129,6 +187,7 @@ mod tests {
     fn scripts_are_valid_sh() {
         for script in [
             mount_overlay("banger-ws"),
+            first_mount_overlay("banger-ws"),
             extract_full_copy("banger-ws", true),
             EXPORT.to_string(),
             CHECK_FREE.to_string(),
