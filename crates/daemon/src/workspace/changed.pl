@@ -3,30 +3,60 @@
 # Run by the export script with perl-base alone (no modules but strict),
 # in the repo, with GIT_INDEX_FILE set to the export's scratch index.
 #
-#   perl changed.pl WS SYSCALL OUT
+#   perl changed.pl WS OUT
 #
 # WS is the workspace base (lower/ is the image: repo/ and banger/changed,
-# upper/ the overlay's upper directory); SYSCALL the number of lgetxattr;
-# OUT the file to write the paths to, NUL-separated. Exit 0: OUT holds
-# every path whose index entry may need an update; exit 2: the changes
-# cannot be told apart cheaply (too many, or an overlay feature it does not
-# follow) and the caller must scan the whole tree.
+# upper/ the overlay's upper directory, mounted with lower/repo at the
+# current directory); OUT the file to write the paths to, NUL-separated.
+# Exit 0: OUT holds every path whose index entry may need an update, and
+# OUT.dirs the directories whose own entry must go (their number goes to
+# stderr); exit 2: the changes cannot be told apart cheaply
+# (too many, another mount, an overlay feature it does not follow) and the
+# caller must scan the whole tree.
 #
 # A path outside OUT is one whose file is the image's (no entry for it in
 # upper/), that the host's git saw clean when it packed (not in
 # banger/changed), and whose entry in the guest's index is the one the
 # host shipped: its entry is right as it stands.
 use strict;
+use Config;
 
-my ($ws, $nr, $out) = @ARGV;
+my ($ws, $out) = @ARGV;
 my $upper = "$ws/upper";
 my $lower = "$ws/lower/repo";
-my $limit = 5000;
+# Past these, a scan of every file costs less (paths are updated one by
+# one; directories are pathspecs that git matches against every entry).
+my $limit = 20000;
+my $dir_limit = 1000;
 my %paths;    # path => 1: files and entries to update
 my @prefixes; # directories whose index entries (all of them) must be looked at
 my @fresh;    # directories in upper/ alone: their untracked files
 
-sub fallback { exit 2 }
+sub fallback { print STDERR $_[0] // 'cannot tell', "\n"; exit 2 }
+
+# lgetxattr(2) by number: perl-base has no module for extended attributes.
+my %lgetxattr = (x86_64 => 192, aarch64 => 9);
+my $nr = $lgetxattr{(split(/-/, $Config::Config{archname}))[0]} // fallback('no lgetxattr for this architecture');
+
+# The current directory must be the overlay of this workspace.
+{
+    my @here = stat('.') or fallback();
+    my $ours = 0;
+    open(my $mi, '<', '/proc/self/mountinfo') or fallback();
+    while (my $line = <$mi>) {
+        my ($pre, $post) = split(/ - /, $line, 2);
+        next unless defined $post;
+        my ($type, undef, $opts) = split(/ /, $post);
+        my $point = (split(/ /, $pre))[4];
+        next unless $type eq 'overlay' && defined $opts;
+        my %o = map { /^([^=]+)=(.*)$/ ? ($1, $2) : ($_, '') } split(/,/, $opts);
+        next unless ($o{upperdir} // '') eq $upper && ($o{lowerdir} // '') eq $lower;
+        my @st = stat($point) or next;
+        $ours = 1 if $st[0] == $here[0] && $st[1] == $here[1];
+    }
+    close($mi);
+    fallback('not the overlay of this workspace') unless $ours;
+}
 
 sub git_out {
     my ($env, $input, @args) = @_;
@@ -34,6 +64,7 @@ sub git_out {
     fallback() unless defined $pid;
     if (!$pid) {
         $ENV{$_} = $env->{$_} for keys %$env;
+        open(STDERR, '>', '/dev/null');
         if (defined $input) {
             open(STDIN, '<', $input) or exit 127;
         }
@@ -48,7 +79,7 @@ sub git_out {
 sub git_list {
     my ($env, @args) = @_;
     my ($status, $text) = git_out($env, undef, @args);
-    fallback() if $status != 0;
+    fallback("git @args failed") if $status != 0;
     return grep { $_ ne '' } split(/\0/, $text);
 }
 
@@ -59,7 +90,7 @@ sub xattr {
     my $len = syscall($nr, $p, $n, $buf, 4096);
     if ($len < 0) {
         # ENODATA: no such attribute; anything else: we cannot tell.
-        fallback() unless $!{ENODATA};
+        fallback("reading $name: $!") unless $!{ENODATA};
         return undef;
     }
     return substr($buf, 0, $len);
@@ -69,9 +100,9 @@ sub is_dir { my @st = lstat($_[0]); return @st && -d _ }
 
 sub add {
     my ($p) = @_;
-    fallback() if $p =~ m{/$};
+    fallback('a repository inside the repository') if $p =~ m{/$};
     $paths{$p} = 1;
-    fallback() if keys(%paths) + @prefixes + @fresh > $limit;
+    fallback('too many changed paths') if keys(%paths) > $limit;
 }
 
 # Walks upper/: every entry that is not a directory is a changed path (a
@@ -89,19 +120,20 @@ sub walk {
         my @st = lstat("$upper/$p") or fallback();
         if (-d _) {
             # A renamed directory still shows the image's files: not followed.
-            fallback() if defined xattr("$upper/$p", 'trusted.overlay.redirect');
+            fallback('a renamed directory') if defined xattr("$upper/$p", 'trusted.overlay.redirect');
             my $opaque = (xattr("$upper/$p", 'trusted.overlay.opaque') // '') eq 'y';
             my @in_lower = lstat("$lower/$p");
             if ($opaque || !@in_lower || !-d _) {
                 push @prefixes, $p if @in_lower;
                 push @fresh, $p;
-                fallback() if keys(%paths) + @prefixes + @fresh > $limit;
+                fallback('too many changed directories') if @prefixes + @fresh > $dir_limit;
             } else {
                 walk($p);
             }
         } else {
             add($p);
             push @prefixes, $p if is_dir("$lower/$p");
+            fallback('too many changed directories') if @prefixes > $dir_limit;
         }
     }
 }
@@ -118,23 +150,28 @@ walk('');
     add($_) for grep { $_ ne '' } split(/\0/, defined $text ? $text : '');
 }
 
-# Entries the guest's index changed (git add, rm, commit, reset in the guest).
-if (lstat("$upper/.git/index") || lstat("$upper/.git")) {
-    my %before;
+# Entries the guest's index changed (git add, rm, commit, reset in the
+# guest): its index against the tree of the one the host shipped.
+my $git_changed = lstat("$upper/.git/index") ? 1
+    : !lstat("$upper/.git") ? 0
+    : !-d _ ? 1
+    : (xattr("$upper/.git", 'trusted.overlay.opaque') // '') eq 'y';
+if ($git_changed) {
+    my $shipped = "$out.shipped";
+    unlink($shipped);
     if (-e "$lower/.git/index") {
-        for (git_list({ GIT_INDEX_FILE => "$lower/.git/index" }, 'ls-files', '-s', '-z')) {
-            my ($meta, $p) = split(/\t/, $_, 2);
-            $before{$p} .= "$meta;";
-        }
+        open(my $from, '<', "$lower/.git/index") or fallback();
+        open(my $to, '>', $shipped) or fallback();
+        local $/;
+        my $bytes = <$from>;
+        print $to $bytes;
+        close($to) or fallback();
     }
-    my %now;
-    for (git_list({}, 'ls-files', '-s', '-z')) {
-        my ($meta, $p) = split(/\t/, $_, 2);
-        $now{$p} .= "$meta;";
-    }
-    for my $p (keys %before, keys %now) {
-        add($p) if ($before{$p} // '') ne ($now{$p} // '');
-    }
+    # write-tree may store the trees it computes in the copy, never in the image.
+    my ($status, $tree) = git_out({ GIT_INDEX_FILE => $shipped }, undef, 'write-tree');
+    fallback('the shipped index has conflicts') if $status != 0;
+    chomp $tree;
+    add($_) for git_list({}, 'diff-index', '--cached', '--name-only', '-z', '--no-renames', $tree);
 }
 
 my %literal = (GIT_LITERAL_PATHSPECS => '1');
@@ -143,21 +180,37 @@ add($_) for @prefixes ? git_list(\%literal, 'ls-files', '-z', '--cached', '--', 
 # Untracked files in new directories, ignored ones left out as git add does.
 add($_) for @fresh ? git_list(\%literal, 'ls-files', '-z', '--others', '--exclude-standard', '--', @fresh) : ();
 
+# A path that is a directory now: only its own entry (a file it replaced)
+# goes, by --force-remove; what it holds is listed path by path. A
+# submodule's directory is left to a scan.
+my (@update, @dirs);
+for my $p (sort keys %paths) {
+    if (is_dir($p)) {
+        fallback('a submodule changed') if lstat("$p/.git");
+        push @dirs, $p;
+    } else {
+        push @update, $p;
+    }
+}
+
 # An untracked, ignored path is not added (tracked ones never count as
 # ignored). check-ignore answers for every path, in order.
-my @all = sort keys %paths;
 my $list = "$out.in";
 open(my $in, '>', $list) or fallback();
-print $in map { "./$_\0" } @all;
+print $in map { "./$_\0" } @update;
 close($in) or fallback();
 my ($status, $text) = git_out({}, $list, 'check-ignore', '--stdin', '-z', '-v', '-n');
-fallback() if $status != 0 && $status != 256;
+fallback('git check-ignore failed') if $status != 0 && $status != 256;
 my @fields = split(/\0/, $text, -1);
 pop @fields if @fields && $fields[-1] eq '';
-fallback() if @fields != 4 * @all;
+fallback('git check-ignore answered in a way not understood') if @fields != 4 * @update;
 open(my $fh, '>', $out) or fallback();
-for my $i (0 .. $#all) {
-    print $fh "$all[$i]\0" if $fields[4 * $i] eq '';
+for my $i (0 .. $#update) {
+    print $fh "$update[$i]\0" if $fields[4 * $i] eq '';
 }
 close($fh) or fallback();
+open(my $dh, '>', "$out.dirs") or fallback();
+print $dh map { "$_\0" } @dirs;
+close($dh) or fallback();
+print STDERR scalar(@update) + scalar(@dirs), "\n";
 exit 0;

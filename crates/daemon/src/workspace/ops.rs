@@ -6,7 +6,9 @@ use std::sync::Arc;
 use banger_api::types::WorkspaceInfo;
 
 use super::reader::Reader;
-use super::{image, pack, scripts, Mode, DRIVE_ID, DRIVE_SERIAL, GUEST_REPO, IMPORT_ID, IMPORT_SERIAL};
+use super::{
+    image, pack, scripts, Mode, DRIVE_ID, DRIVE_SERIAL, GUEST_REPO, IMPORT_ID, IMPORT_SERIAL,
+};
 use crate::opstate::{Op, Sink};
 use crate::vm::runner::{self, Claim, OpKind};
 use crate::vm::service::{blocking, R};

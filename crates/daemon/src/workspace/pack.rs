@@ -193,9 +193,11 @@ pub fn unpack_into(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| cmd::spawn_error("tar", &[], e))?;
-    let (Some(mut names), Some(archive), Some(mut errors)) =
-        (create.stdin.take(), create.stdout.take(), create.stderr.take())
-    else {
+    let (Some(mut names), Some(archive), Some(mut errors)) = (
+        create.stdin.take(),
+        create.stdout.take(),
+        create.stderr.take(),
+    ) else {
         let _ = create.kill();
         let _ = create.wait();
         return Err(WorkspaceError::Failed("tar without pipes".into()));
@@ -241,7 +243,11 @@ pub fn unpack_into(
 /// `include_ignored`, as [`file_list`] packs them). The index is read,
 /// never written.
 pub fn changed(repo: &Repo, include_ignored: bool) -> Result<Vec<u8>, WorkspaceError> {
-    let mut out = git(repo.reader, &repo.root, &["diff-files", "-z", "--name-only"])?;
+    let mut out = git(
+        repo.reader,
+        &repo.root,
+        &["diff-files", "-z", "--name-only"],
+    )?;
     let mut args = vec!["ls-files", "-z", "--others"];
     if !include_ignored {
         args.push("--exclude-standard");

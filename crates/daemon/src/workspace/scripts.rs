@@ -118,10 +118,9 @@ pub const EXPORT: &str = concat!(
     r#"set -eu
 cd "${BANGER_REPO:-/root/repo}"
 ws="${BANGER_WS:-/var/lib/banger/workspace}"
-tmp=$(mktemp)
-patch=$(mktemp)
 work=$(mktemp -d)
-trap 'rm -rf "$tmp" "$patch" "$work"' EXIT
+trap 'rm -rf "$work"' EXIT
+tmp="$work/index"
 scratch_index() {
     if [ -f .git/index ]; then cp .git/index "$tmp"; else rm -f "$tmp"; fi
 }
@@ -143,39 +142,30 @@ cat > "$work/changed.pl" <<'BANGER_PERL'
 "#,
     include_str!("changed.pl"),
     r#"BANGER_PERL
-# The overlay of this workspace, mounted here: its upper layer is what changed.
-overlay_here() {
-    [ -f "$ws/lower/banger/changed" ] || return 1
-    here=$(pwd -P)
-    awk -v here="$here" -v up="upperdir=$ws/upper" -v low="lowerdir=$ws/lower/repo" '
-        $5 == here { for (i = 7; i <= NF; i++) if ($i == "-") break
-                     if ($(i+1) == "overlay") { n = split($(i+3), o, ",")
-                        for (j = 1; j <= n; j++) { if (o[j] == up) u = 1; if (o[j] == low) l = 1 } } }
-        END { exit !(u && l) }' /proc/self/mountinfo
-}
+# Sets $why when it cannot.
 fast_add() {
+    why="asked to"
     [ "${BANGER_EXPORT_SCAN:-}" != full ] || return 1
-    case $(uname -m) in
-        x86_64) nr=192 ;;
-        aarch64) nr=9 ;;
-        *) return 1 ;;
-    esac
-    overlay_here || return 1
-    perl "$work/changed.pl" "$ws" "$nr" "$work/paths" || return 1
-    $git update-index --add --remove -z --stdin < "$work/paths" >/dev/null
+    why="not an overlay workspace of this version"
+    [ -f "$ws/lower/banger/changed" ] || return 1
+    why=$(perl "$work/changed.pl" "$ws" "$work/paths" 2>&1 >/dev/null) || return 1
+    n=$why
+    if [ -s "$work/paths.dirs" ]; then
+        why=$($git update-index --force-remove -z --stdin < "$work/paths.dirs" 2>&1 >/dev/null) || return 1
+    fi
+    why=$($git update-index --add --remove --replace -z --stdin < "$work/paths" 2>&1 >/dev/null) || return 1
+    echo "banger: export looked at $n paths" >&2
 }
-if fast_add 2>/dev/null; then
-    echo "banger: export looked at $(tr -cd '\0' < "$work/paths" | wc -c) paths" >&2
-else
+if ! fast_add; then
     # Every file: the index came from another machine, so compare files by
     # size and mtime only, or git would re-read every file to trust it.
     scratch_index
     $git -c core.checkStat=minimal -c core.trustctime=false add --all .
-    echo "banger: export looked at every file" >&2
+    echo "banger: export looked at every file ($(echo "$why" | tail -n 1))" >&2
 fi
 # The whole patch first, then out: a git that fails sends nothing.
-$git diff --cached --binary --full-index -M "$base" > "$patch"
-cat "$patch"
+$git diff --cached --binary --full-index -M "$base" > "$work/patch"
+cat "$work/patch"
 "#
 );
 
