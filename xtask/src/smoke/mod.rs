@@ -35,6 +35,7 @@ mod leakcheck;
 mod scenarios;
 mod templates;
 mod trust;
+mod wsexport;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};

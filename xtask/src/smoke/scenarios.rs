@@ -114,6 +114,11 @@ pub const ALL: &[Scenario] = &[
     )
     .makes(&[everyday::TTL])
     .early(),
+    Scenario::together(
+        "workspace export is exact after every kind of change, overlay and full_copy",
+        super::wsexport::exact_in_both_modes,
+    )
+    .vms(&[&super::wsexport::OVERLAY, &super::wsexport::FULL]),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
 ];
@@ -977,7 +982,7 @@ mod tests {
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
-    const NAMES: [&str; 33] = [
+    const NAMES: [&str; 34] = [
         "daemon up",
         "image build",
         "bad input is refused without side effects",
@@ -1010,6 +1015,7 @@ mod tests {
         "image create --from-vm keeps the VM's files",
         "one step: vm create --repo prepares; a bad repo makes no VM",
         "lifetime: vm create --ttl, the VM goes when it ends",
+        "workspace export is exact after every kind of change, overlay and full_copy",
         "vm delete leaves nothing behind",
     ];
 

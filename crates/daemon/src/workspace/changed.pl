@@ -117,6 +117,7 @@ sub walk {
     for my $name (@names) {
         my $p = $rel eq '' ? $name : "$rel/$name";
         next if $p eq '.git';
+        fallback('a repository inside the repository') if $name eq '.git';
         my @st = lstat("$upper/$p") or fallback();
         if (-d _) {
             # A renamed directory still shows the image's files: not followed.

@@ -93,10 +93,11 @@ fn script_result(vm: &VmRecord, status: std::process::ExitStatus, stderr: &[u8])
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(stderr);
+    // (Dots are a waiting script's heartbeat.)
     let last = stderr
         .trim()
         .lines()
-        .last()
+        .rfind(|l| l.trim() != ".")
         .unwrap_or("")
         .trim_start_matches("banger: ")
         .to_string();
@@ -135,6 +136,14 @@ async fn stream_export(svc: &VmService, op: &Op, vm: &VmRecord, base: &str) -> R
     let (ended, sent) = tokio::join!(run, forward);
     let (status, stderr) = ended?;
     script_result(vm, status, &stderr)?;
+    // What the export looked at: the changes alone, or every file and why.
+    let stderr = String::from_utf8_lossy(&stderr);
+    if let Some(note) = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("banger: export looked at"))
+    {
+        tracing::info!(vm = %vm.name, "export looked at{note}");
+    }
     sent
 }
 
@@ -193,43 +202,57 @@ impl VmService {
         );
         let (mode, readonly, include_ignored) = (req.mode, req.readonly, req.include_ignored);
         let (repo2, tar2, image2) = (repo.clone(), tar_path.clone(), image.clone());
-        // Whether the guest already has a /root/repo is asked by the script
-        // that mounts or extracts: one SSH session fewer.
-        let packed = blocking(move || -> Result<(), super::WorkspaceError> {
+        let packing = blocking(move || -> Result<(), super::WorkspaceError> {
             let list = pack::file_list(&repo2, include_ignored)?;
             match mode {
                 Mode::Overlay => image::build(&repo2, &list, readonly, include_ignored, &image2),
                 Mode::FullCopy => pack::tar(&repo2, &list, readonly, &tar2),
             }
-        })
-        .await;
-        if let Err(e) = packed {
+        });
+        // Overlay: the guest's side starts at once (its SSH session, the
+        // check that /root/repo is free) and waits for the drive while the
+        // host packs. Dropped unfinished, it ends having made nothing.
+        let script = scripts::first_mount_overlay(DRIVE_SERIAL);
+        let mut mount = std::pin::pin!(guest_output(self, vm, &script, &[]));
+        let mut mounted = None;
+        let packed = match mode {
+            Mode::FullCopy => packing.await,
+            Mode::Overlay => {
+                let mut packing = std::pin::pin!(packing);
+                loop {
+                    tokio::select! {
+                        p = &mut packing => break p,
+                        m = &mut mount, if mounted.is_none() => mounted = Some(m),
+                    }
+                }
+            }
+        };
+        let refused_early = matches!(&mounted, Some(Ok(out)) if refused(out));
+        let ready = match packed {
+            Err(e) => Err(e.into()),
+            Ok(()) if refused_early => Err(taken(vm)),
+            Ok(()) => self.hand_over_packed(vm, &[&image, &tar_path]).await,
+        };
+        if let Err(e) = ready {
+            // A guest that mounted already (only a stale drive lets it) is
+            // put back as it was.
+            if matches!(&mounted, Some(Ok(out)) if out.status.success()) {
+                self.undo_overlay(vm).await;
+            }
             let _ = std::fs::remove_file(&tar_path);
             let _ = std::fs::remove_file(&image);
-            return Err(e.into());
+            return Err(e);
         }
         let backend = self.backend_of(vm)?;
         let control = l.vm_control_socket(&vm.name);
-        if let Some((uid, gid)) = self.vmm_identity(vm) {
-            // The unprivileged VMM opens the drive itself when it attaches it.
-            let packed: Vec<_> = [&image, &tar_path]
-                .into_iter()
-                .filter(|p| p.exists())
-                .cloned()
-                .collect();
-            let provision = self.host.provision.clone();
-            let handed = blocking(move || provision.hand_over(&packed, uid, gid)).await;
-            if let Err(e) = handed {
-                let _ = std::fs::remove_file(&tar_path);
-                let _ = std::fs::remove_file(&image);
-                return Err(e.into());
-            }
-        }
         match req.mode {
             Mode::Overlay => {
                 op.phase("attach", "attaching the workspace image", 50);
                 let drive = self.overlay_drive(&vm.name);
                 if let Err(e) = attach(&backend, &control, DRIVE_ID, drive).await {
+                    if matches!(&mounted, Some(Ok(out)) if out.status.success()) {
+                        self.undo_overlay(vm).await;
+                    }
                     let _ = std::fs::remove_file(&image);
                     return Err(e);
                 }
@@ -238,8 +261,11 @@ impl VmService {
                     &format!("mounting the overlay at {GUEST_REPO}"),
                     70,
                 );
-                let mount = scripts::first_mount_overlay(DRIVE_SERIAL);
-                let mounted = match guest_output(self, vm, &mount, &[]).await {
+                let out = match mounted {
+                    Some(m) => m,
+                    None => mount.await,
+                };
+                let mounted = match out {
                     Ok(out) if refused(&out) => Err(None),
                     Ok(out) => script_result(vm, out.status, &out.stderr).map_err(Some),
                     Err(e) => Err(Some(e)),
@@ -248,10 +274,7 @@ impl VmService {
                     // Leave nothing half-made: a retry must find the VM as
                     // before. A guest that refused made nothing.
                     if e.is_some() {
-                        if let Err(undo) = guest_script(self, vm, scripts::UNDO_OVERLAY, &[]).await
-                        {
-                            tracing::warn!(vm = %vm.name, "undoing the overlay: {undo}");
-                        }
+                        self.undo_overlay(vm).await;
                     }
                     detach(&backend, &control, DRIVE_ID, &vm.name).await;
                     let _ = std::fs::remove_file(&image);
@@ -292,6 +315,28 @@ impl VmService {
         self.store.set_workspace(&vm.name, Some(&info))?;
         op.phase("ready", &format!("{GUEST_REPO} ready in {}", vm.name), 100);
         Ok(info)
+    }
+
+    /// Gives the packed files that exist to the VMM's own uid (an
+    /// unprivileged VMM opens a drive itself when it attaches it).
+    async fn hand_over_packed(&self, vm: &VmRecord, packed: &[&PathBuf]) -> R<()> {
+        let Some((uid, gid)) = self.vmm_identity(vm) else {
+            return Ok(());
+        };
+        let packed: Vec<PathBuf> = packed
+            .iter()
+            .filter(|p| p.exists())
+            .map(|p| p.to_path_buf())
+            .collect();
+        let provision = self.host.provision.clone();
+        Ok(blocking(move || provision.hand_over(&packed, uid, gid)).await?)
+    }
+
+    /// Unmounts and removes what a mount script made (a failure is logged).
+    async fn undo_overlay(&self, vm: &VmRecord) {
+        if let Err(undo) = guest_script(self, vm, scripts::UNDO_OVERLAY, &[]).await {
+            tracing::warn!(vm = %vm.name, "undoing the overlay: {undo}");
+        }
     }
 
     /// Remounts an overlay workspace after a boot.

@@ -8,11 +8,20 @@
 /// (`banger.drive.SERIAL=/dev/vdX`); such a slot holds a one-sector
 /// placeholder until the drive's file is swapped in, and its cached blocks
 /// are the placeholder's, so they are dropped first.
+///
+/// `find_drive SERIAL 0` waits as long as it takes (the drive is attached
+/// once the host has packed it), writing a dot to stderr every second: when
+/// the host gives up and its SSH session ends, the next dot kills the
+/// script (SIGPIPE) before it has made anything.
 const FIND_DRIVE: &str = r#"
 find_drive() {
     slot=$(tr ' ' '\n' < /proc/cmdline | sed -n "s|^banger\.drive\.$1=||p")
+    tries=${2:-600}
     i=0
-    while [ $i -lt 600 ]; do
+    while [ "$tries" -eq 0 ] || [ $i -lt "$tries" ]; do
+        if [ "$tries" -eq 0 ] && [ $((i % 10)) -eq 0 ]; then
+            echo . >&2
+        fi
         if [ -n "$slot" ]; then
             if [ "$(cat "/sys/block/${slot##*/}/size" 2>/dev/null || echo 0)" -gt 1 ]; then
                 blockdev --flushbufs "$slot" 2>/dev/null || true
@@ -47,21 +56,28 @@ fi
 /// The exit status of [`CHECK_FREE`] refusing.
 pub const EXIT_TAKEN: i32 = 4;
 
-/// The first mount of a new workspace: [`CHECK_FREE`], then
-/// [`mount_overlay`].
+/// The first mount of a new workspace, started while the host still packs
+/// it: [`CHECK_FREE`], then [`mount_overlay`] once the drive appears,
+/// however long that takes. Killed while it waits, it has made nothing.
 pub fn first_mount_overlay(serial: &str) -> String {
-    format!("set -eu\n{CHECK_FREE}{}", mount_overlay(serial))
+    overlay_script(serial, true)
 }
 
 /// Mounts the overlay: lower = the workspace image, upper and work on the
 /// guest's own disk. Idempotent (run again after every boot).
 pub fn mount_overlay(serial: &str) -> String {
+    overlay_script(serial, false)
+}
+
+fn overlay_script(serial: &str, first: bool) -> String {
+    let (check, tries) = if first { (CHECK_FREE, 0) } else { ("", 600) };
     format!(
         r#"set -eu
+{check}
 {FIND_DRIVE}
-dev=$(find_drive {serial})
-base=/var/lib/banger/workspace
 modprobe overlay 2>/dev/null || true
+dev=$(find_drive {serial} {tries})
+base=/var/lib/banger/workspace
 mkdir -p "$base/lower" "$base/upper" "$base/work" /root/repo
 mountpoint -q "$base/lower" || mount -t ext4 -o ro,noload "$dev" "$base/lower"
 mountpoint -q /root/repo || mount -t overlay overlay -o "lowerdir=$base/lower/repo,upperdir=$base/upper,workdir=$base/work" /root/repo
