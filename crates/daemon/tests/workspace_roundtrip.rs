@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use bangerd::workspace::reader::Reader;
-use bangerd::workspace::{pack, scripts};
+use bangerd::workspace::{image, pack, scripts};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -367,7 +367,7 @@ fn no_set_id_bit_survives_a_pack_and_packs_are_private() {
     assert_eq!(mode, 0o600, "the pack is readable by others");
     if bangerd::cmd::which("mkfs.ext4").is_some() {
         let img = dir.path().join("w.img");
-        pack::ext4_from_tar(&tar, 4, false, &img).unwrap();
+        image::build(&repo, &list, false, false, &img).unwrap();
         assert_eq!(
             std::fs::metadata(&img).unwrap().permissions().mode() & 0o777,
             0o600

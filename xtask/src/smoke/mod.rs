@@ -37,6 +37,7 @@ mod mcp;
 mod scenarios;
 mod templates;
 mod trust;
+mod wsexport;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};

@@ -130,6 +130,11 @@ pub const ALL: &[Scenario] = &[
     )
     .makes(&["smoke-mcp"])
     .early(),
+    Scenario::together(
+        "workspace export is exact after every kind of change, overlay and full_copy",
+        super::wsexport::exact_in_both_modes,
+    )
+    .vms(&[&super::wsexport::OVERLAY, &super::wsexport::FULL]),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
 ];
@@ -1006,7 +1011,7 @@ mod tests {
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
-    const NAMES: [&str; 36] = [
+    const NAMES: [&str; 37] = [
         "daemon up",
         "image build",
         "bad input is refused without side effects",
@@ -1042,6 +1047,7 @@ mod tests {
         "vm cp: a tree with a symlink, an executable and 12 MB, in and out unchanged",
         "vm exec -w/-e/-i/-t, quoted safely",
         "banger mcp: the official MCP Python SDK creates, runs, exports, deletes",
+        "workspace export is exact after every kind of change, overlay and full_copy",
         "vm delete leaves nothing behind",
     ];
 

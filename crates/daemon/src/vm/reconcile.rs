@@ -64,6 +64,7 @@ pub async fn reconcile(svc: &VmService) -> Report {
         let removed = svc.prune_image(&image, true).await;
         report.removed_images.extend(removed);
     }
+    crate::workspace::image::sweep_staging();
     svc.clean_unfinished_templates();
     svc.collect_templates();
     let known: Vec<_> = vms

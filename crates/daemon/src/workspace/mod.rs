@@ -3,6 +3,7 @@
 //! device (an ext4 image or a tar file attached to the VM), never over SSH;
 //! SSH carries only commands and the exported patch.
 
+pub mod image;
 pub mod ops;
 pub mod pack;
 pub mod reader;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use banger_api::types::WorkspaceInfo;
 
 use super::reader::Reader;
-use super::{pack, scripts, Mode, DRIVE_ID, DRIVE_SERIAL, GUEST_REPO, IMPORT_ID, IMPORT_SERIAL};
+use super::{
+    image, pack, scripts, Mode, DRIVE_ID, DRIVE_SERIAL, GUEST_REPO, IMPORT_ID, IMPORT_SERIAL,
+};
 use crate::opstate::{Op, Sink};
 use crate::vm::runner::{self, Claim, OpKind};
 use crate::vm::service::{blocking, R};
@@ -43,12 +45,35 @@ const SCRIPT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(900)
 /// Runs `script` in the guest with `sh -s -- ARGS`; non-zero is an error
 /// carrying the script's last stderr line (exit 3: the caller's mistake).
 async fn guest_script(svc: &VmService, vm: &VmRecord, script: &str, args: &[&str]) -> R<Vec<u8>> {
-    let stdin = Some(script.as_bytes().to_vec());
-    let out = svc
-        .guest_exec(vm, &script_command(args), stdin, SCRIPT_DEADLINE)
-        .await?;
+    let out = guest_output(svc, vm, script, args).await?;
     script_result(vm, out.status, &out.stderr)?;
     Ok(out.stdout)
+}
+
+/// Runs `script` in the guest with `sh -s -- ARGS`, whatever its exit.
+async fn guest_output(
+    svc: &VmService,
+    vm: &VmRecord,
+    script: &str,
+    args: &[&str],
+) -> R<std::process::Output> {
+    let stdin = Some(script.as_bytes().to_vec());
+    svc.guest_exec(vm, &script_command(args), stdin, SCRIPT_DEADLINE)
+        .await
+}
+
+/// Whether a script that makes a workspace refused because the guest
+/// already has a /root/repo ([`scripts::CHECK_FREE`]).
+fn refused(out: &std::process::Output) -> bool {
+    out.status.code() == Some(scripts::EXIT_TAKEN)
+}
+
+/// The error for a guest that already has a /root/repo.
+fn taken(vm: &VmRecord) -> VmError {
+    VmError::InUse(format!(
+        "in {}: {GUEST_REPO} already exists in the guest; this VM already has a {GUEST_REPO}",
+        vm.name
+    ))
 }
 
 /// `sh -s -- ARGS`, the command a script runs as.
@@ -72,10 +97,11 @@ pub(crate) fn script_result(
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(stderr);
+    // (Dots are a waiting script's heartbeat.)
     let last = stderr
         .trim()
         .lines()
-        .last()
+        .rfind(|l| l.trim() != ".")
         .unwrap_or("")
         .trim_start_matches("banger: ")
         .to_string();
@@ -114,6 +140,14 @@ async fn stream_export(svc: &VmService, op: &Op, vm: &VmRecord, base: &str) -> R
     let (ended, sent) = tokio::join!(run, forward);
     let (status, stderr) = ended?;
     script_result(vm, status, &stderr)?;
+    // What the export looked at: the changes alone, or every file and why.
+    let stderr = String::from_utf8_lossy(&stderr);
+    if let Some(note) = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("banger: export looked at"))
+    {
+        tracing::info!(vm = %vm.name, "export looked at{note}");
+    }
     sent
 }
 
@@ -162,9 +196,6 @@ impl VmService {
         req: &PrepareRequest,
         repo: pack::Repo,
     ) -> R<WorkspaceInfo> {
-        guest_script(self, vm, scripts::CHECK_FREE, &[])
-            .await
-            .map_err(|e| VmError::InUse(format!("{e}; this VM already has a {GUEST_REPO}")))?;
         let l = self.layout().clone();
         let tar_path = l.vm_dir(&vm.name).join("workspace.tar");
         let image = l.vm_workspace_image(&vm.name);
@@ -175,45 +206,57 @@ impl VmService {
         );
         let (mode, readonly, include_ignored) = (req.mode, req.readonly, req.include_ignored);
         let (repo2, tar2, image2) = (repo.clone(), tar_path.clone(), image.clone());
-        let packed = blocking(move || -> Result<(), super::WorkspaceError> {
+        let packing = blocking(move || -> Result<(), super::WorkspaceError> {
             let list = pack::file_list(&repo2, include_ignored)?;
-            let entries = list.iter().filter(|b| **b == 0).count();
-            pack::tar(&repo2, &list, readonly, &tar2)?;
-            if mode == Mode::Overlay {
-                let built = pack::ext4_from_tar(&tar2, entries, readonly, &image2);
-                let _ = std::fs::remove_file(&tar2);
-                built?;
+            match mode {
+                Mode::Overlay => image::build(&repo2, &list, readonly, include_ignored, &image2),
+                Mode::FullCopy => pack::tar(&repo2, &list, readonly, &tar2),
             }
-            Ok(())
-        })
-        .await;
-        if let Err(e) = packed {
+        });
+        // Overlay: the guest's side starts at once (its SSH session, the
+        // check that /root/repo is free) and waits for the drive while the
+        // host packs. Dropped unfinished, it ends having made nothing.
+        let script = scripts::first_mount_overlay(DRIVE_SERIAL);
+        let mut mount = std::pin::pin!(guest_output(self, vm, &script, &[]));
+        let mut mounted = None;
+        let packed = match mode {
+            Mode::FullCopy => packing.await,
+            Mode::Overlay => {
+                let mut packing = std::pin::pin!(packing);
+                loop {
+                    tokio::select! {
+                        p = &mut packing => break p,
+                        m = &mut mount, if mounted.is_none() => mounted = Some(m),
+                    }
+                }
+            }
+        };
+        let refused_early = matches!(&mounted, Some(Ok(out)) if refused(out));
+        let ready = match packed {
+            Err(e) => Err(e.into()),
+            Ok(()) if refused_early => Err(taken(vm)),
+            Ok(()) => self.hand_over_packed(vm, &[&image, &tar_path]).await,
+        };
+        if let Err(e) = ready {
+            // A guest that mounted already (only a stale drive lets it) is
+            // put back as it was.
+            if matches!(&mounted, Some(Ok(out)) if out.status.success()) {
+                self.undo_overlay(vm).await;
+            }
             let _ = std::fs::remove_file(&tar_path);
             let _ = std::fs::remove_file(&image);
-            return Err(e.into());
+            return Err(e);
         }
         let backend = self.backend_of(vm)?;
         let control = l.vm_control_socket(&vm.name);
-        if let Some((uid, gid)) = self.vmm_identity(vm) {
-            // The unprivileged VMM opens the drive itself when it attaches it.
-            let packed: Vec<_> = [&image, &tar_path]
-                .into_iter()
-                .filter(|p| p.exists())
-                .cloned()
-                .collect();
-            let provision = self.host.provision.clone();
-            let handed = blocking(move || provision.hand_over(&packed, uid, gid)).await;
-            if let Err(e) = handed {
-                let _ = std::fs::remove_file(&tar_path);
-                let _ = std::fs::remove_file(&image);
-                return Err(e.into());
-            }
-        }
         match req.mode {
             Mode::Overlay => {
                 op.phase("attach", "attaching the workspace image", 50);
                 let drive = self.overlay_drive(&vm.name);
                 if let Err(e) = attach(&backend, &control, DRIVE_ID, drive).await {
+                    if matches!(&mounted, Some(Ok(out)) if out.status.success()) {
+                        self.undo_overlay(vm).await;
+                    }
                     let _ = std::fs::remove_file(&image);
                     return Err(e);
                 }
@@ -222,15 +265,24 @@ impl VmService {
                     &format!("mounting the overlay at {GUEST_REPO}"),
                     70,
                 );
-                let mount = scripts::mount_overlay(DRIVE_SERIAL);
-                if let Err(e) = guest_script(self, vm, &mount, &[]).await {
-                    // Leave nothing half-made: a retry must find the VM as before.
-                    if let Err(undo) = guest_script(self, vm, scripts::UNDO_OVERLAY, &[]).await {
-                        tracing::warn!(vm = %vm.name, "undoing the overlay: {undo}");
+                let out = match mounted {
+                    Some(m) => m,
+                    None => mount.await,
+                };
+                let mounted = match out {
+                    Ok(out) if refused(&out) => Err(None),
+                    Ok(out) => script_result(vm, out.status, &out.stderr).map_err(Some),
+                    Err(e) => Err(Some(e)),
+                };
+                if let Err(e) = mounted {
+                    // Leave nothing half-made: a retry must find the VM as
+                    // before. A guest that refused made nothing.
+                    if e.is_some() {
+                        self.undo_overlay(vm).await;
                     }
                     detach(&backend, &control, DRIVE_ID, &vm.name).await;
                     let _ = std::fs::remove_file(&image);
-                    return Err(e);
+                    return Err(e.unwrap_or_else(|| taken(vm)));
                 }
             }
             Mode::FullCopy => {
@@ -245,7 +297,11 @@ impl VmService {
                     Ok(()) => {
                         op.phase("extract", &format!("extracting into {GUEST_REPO}"), 60);
                         let script = scripts::extract_full_copy(IMPORT_SERIAL, req.readonly);
-                        guest_script(self, vm, &script, &[]).await
+                        match guest_output(self, vm, &script, &[]).await {
+                            Ok(out) if refused(&out) => Err(taken(vm)),
+                            Ok(out) => script_result(vm, out.status, &out.stderr),
+                            Err(e) => Err(e),
+                        }
                     }
                     Err(e) => Err(e),
                 };
@@ -263,6 +319,28 @@ impl VmService {
         self.store.set_workspace(&vm.name, Some(&info))?;
         op.phase("ready", &format!("{GUEST_REPO} ready in {}", vm.name), 100);
         Ok(info)
+    }
+
+    /// Gives the packed files that exist to the VMM's own uid (an
+    /// unprivileged VMM opens a drive itself when it attaches it).
+    async fn hand_over_packed(&self, vm: &VmRecord, packed: &[&PathBuf]) -> R<()> {
+        let Some((uid, gid)) = self.vmm_identity(vm) else {
+            return Ok(());
+        };
+        let packed: Vec<PathBuf> = packed
+            .iter()
+            .filter(|p| p.exists())
+            .map(|p| p.to_path_buf())
+            .collect();
+        let provision = self.host.provision.clone();
+        Ok(blocking(move || provision.hand_over(&packed, uid, gid)).await?)
+    }
+
+    /// Unmounts and removes what a mount script made (a failure is logged).
+    async fn undo_overlay(&self, vm: &VmRecord) {
+        if let Err(undo) = guest_script(self, vm, scripts::UNDO_OVERLAY, &[]).await {
+            tracing::warn!(vm = %vm.name, "undoing the overlay: {undo}");
+        }
     }
 
     /// Remounts an overlay workspace after a boot.

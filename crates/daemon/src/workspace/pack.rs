@@ -1,6 +1,7 @@
 //! Host side: validate the repo, and pack `.git` plus the working tree as it
 //! stands (tracked and untracked files, uncommitted edits; ignored files
-//! only on request) into a tar, and for overlay mode into an ext4 image.
+//! only on request) into a tar (full_copy mode), or copy it into a
+//! directory that becomes an ext4 image (overlay mode, [`super::image`]).
 //! The host repo is only read, with the caller's rights ([`Reader`]): no
 //! git command here writes its index, and git runs with hooks and
 //! fsmonitor off.
@@ -8,7 +9,6 @@
 use crate::pathio::FromPathIo;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::reader::Reader;
@@ -121,8 +121,32 @@ pub fn tar(repo: &Repo, list: &[u8], readonly: bool, dest: &Path) -> Result<(), 
 fn tar_into(repo: &Repo, list: &Path, readonly: bool, dest: &Path) -> Result<(), WorkspaceError> {
     let names = std::fs::File::open(list).map_err(|e| WorkspaceError::io(list, e))?;
     let out = private_file(dest).map_err(|e| WorkspaceError::io(dest, e))?;
+    let done = repo
+        .reader
+        .command("tar")
+        .args(create_args(repo, readonly))
+        .stdin(names)
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| cmd::spawn_error("tar", &[], e))?;
+    if !done.status.success() {
+        return Err(unreadable(repo, &done.stderr));
+    }
+    Ok(())
+}
+
+/// `tar --create` of the paths on stdin, relative to the repo's root, to
+/// stdout, owned by root, without set-id bits (the tree is extracted as
+/// root on the host in overlay mode) and, with `readonly`, write bits.
+fn create_args(repo: &Repo, readonly: bool) -> Vec<String> {
+    let mode = if readonly {
+        "--mode=a-w,ug-s"
+    } else {
+        "--mode=ug-s"
+    };
     let root = repo.root.display().to_string();
-    let mut args = vec![
+    [
         "--create",
         "--file=-",
         "--directory",
@@ -130,94 +154,128 @@ fn tar_into(repo: &Repo, list: &Path, readonly: bool, dest: &Path) -> Result<(),
         "--owner=root",
         "--group=root",
         "--numeric-owner",
-    ];
-    // No set-id bit survives the pack: the tree is extracted as root on
-    // the host (overlay mode) before it becomes an image.
-    args.push(if readonly {
-        "--mode=a-w,ug-s"
-    } else {
-        "--mode=ug-s"
-    });
-    args.extend(["--null", "--files-from=-"]);
-    let done = repo
+        mode,
+        "--null",
+        "--files-from=-",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The error for a `tar --create` that failed: a file the reader cannot read.
+fn unreadable(repo: &Repo, stderr: &[u8]) -> WorkspaceError {
+    let stderr = String::from_utf8_lossy(stderr);
+    let why = stderr.trim().lines().next().unwrap_or("").to_string();
+    WorkspaceError::Invalid(format!(
+        "cannot pack {}: {why}; every file in the repo must be readable by you",
+        repo.root.display()
+    ))
+}
+
+/// Copies the listed paths into `dir` as [`tar`] would pack them, with no
+/// archive in between: `tar --create` as the repo's reader piped into
+/// `tar --extract` as root.
+pub fn unpack_into(
+    repo: &Repo,
+    list: &[u8],
+    readonly: bool,
+    dir: &Path,
+) -> Result<(), WorkspaceError> {
+    use std::io::Read;
+    use std::process::Stdio;
+    // The names go in through a pipe of our own, written as tar reads them.
+    let mut create = repo
         .reader
         .command("tar")
-        .args(&args)
-        .stdin(names)
-        .stdout(out)
-        .stderr(std::process::Stdio::piped())
-        .output()
+        .args(create_args(repo, readonly))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| cmd::spawn_error("tar", &[], e))?;
-    if !done.status.success() {
-        let stderr = String::from_utf8_lossy(&done.stderr);
-        let why = stderr.trim().lines().next().unwrap_or("").to_string();
-        return Err(WorkspaceError::Invalid(format!(
-            "cannot pack {}: {why}; every file in the repo must be readable by you",
-            repo.root.display()
+    let (Some(mut names), Some(archive), Some(mut errors)) = (
+        create.stdin.take(),
+        create.stdout.take(),
+        create.stderr.take(),
+    ) else {
+        let _ = create.kill();
+        let _ = create.wait();
+        return Err(WorkspaceError::Failed("tar without pipes".into()));
+    };
+    let list = list.to_vec();
+    let feeder = std::thread::spawn(move || names.write_all(&list));
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = errors.read_to_end(&mut text);
+        text
+    });
+    let extracted = std::process::Command::new("tar")
+        .args(["--extract", "--same-permissions", "--file=-", "--directory"])
+        .arg(dir)
+        .stdin(archive)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| cmd::spawn_error("tar", &[], e));
+    let created = create.wait().map_err(|e| cmd::spawn_error("tar", &[], e))?;
+    let _ = feeder.join();
+    let create_stderr = reader.join().unwrap_or_default();
+    // A failed extract breaks the pipe and fails the create too: it speaks first.
+    let extracted = extracted?;
+    if !extracted.status.success() {
+        let stderr = String::from_utf8_lossy(&extracted.stderr);
+        return Err(WorkspaceError::Failed(format!(
+            "unpacking {} into {}: {}",
+            repo.root.display(),
+            dir.display(),
+            stderr.trim().lines().next().unwrap_or("")
         )));
+    }
+    if !created.success() {
+        return Err(unreadable(repo, &create_stderr));
     }
     Ok(())
 }
 
-/// The directory inside a workspace image that holds the repo (the image's
-/// root also holds mkfs's `lost+found`).
-pub const IMAGE_REPO_DIR: &str = "repo";
+/// Paths (NUL-separated, relative to the root) whose files may differ from
+/// the index: tracked files whose stat data or content differ from it (or
+/// that are gone), and untracked files (ignored ones too with
+/// `include_ignored`, as [`file_list`] packs them). The index is read,
+/// never written.
+pub fn changed(repo: &Repo, include_ignored: bool) -> Result<Vec<u8>, WorkspaceError> {
+    let mut out = git(
+        repo.reader,
+        &repo.root,
+        &["diff-files", "-z", "--name-only"],
+    )?;
+    let mut args = vec!["ls-files", "-z", "--others"];
+    if !include_ignored {
+        args.push("--exclude-standard");
+    }
+    out.extend(git(repo.reader, &repo.root, &args)?);
+    Ok(out)
+}
 
-/// Builds a read-only ext4 image from a tar (extracted into a staging
-/// directory beside `dest`, then `mkfs.ext4 -d`), with an inode for every
-/// entry and room for metadata. The repo is under [`IMAGE_REPO_DIR`].
-pub fn ext4_from_tar(
-    tar_path: &Path,
-    entries: usize,
-    readonly: bool,
-    dest: &Path,
-) -> Result<(), WorkspaceError> {
-    let staging = dest.with_extension("staging");
-    let _ = std::fs::remove_dir_all(&staging);
-    let repo_dir = staging.join(IMAGE_REPO_DIR);
-    // Root's alone: the caller's files lie here, extracted as root.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&repo_dir)
-        .map_err(|e| WorkspaceError::io(&staging, e))?;
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| WorkspaceError::io(&staging, e))?;
-    // The repo itself as the guest knows it; only root reaches it here.
-    std::fs::set_permissions(&repo_dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| WorkspaceError::io(&repo_dir, e))?;
-    let result = (|| {
-        cmd::run(
-            "tar",
-            &[
-                "--extract".as_ref(),
-                "--same-permissions".as_ref(),
-                "--file".as_ref(),
-                tar_path.as_os_str(),
-                "--directory".as_ref(),
-                repo_dir.as_os_str(),
-            ] as &[&std::ffi::OsStr],
-        )?;
-        if readonly {
-            drop_write_bits(&repo_dir)?;
+/// Bytes and entries of the listed paths (directories' contents included,
+/// so `.git` counts whole), each file rounded up to a 4 KiB block.
+pub fn listed_usage(repo: &Repo, list: &[u8]) -> (u64, u64) {
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let path = repo.root.join(std::ffi::OsStr::from_bytes(name));
+        match path.symlink_metadata() {
+            Ok(m) if m.is_dir() => {
+                let (b, n) = tree_usage(&path);
+                bytes += b + n as u64 * 4096;
+                entries += n as u64 + 1;
+            }
+            Ok(m) => {
+                bytes += m.len().div_ceil(4096) * 4096;
+                entries += 1;
+            }
+            Err(_) => {}
         }
-        let (bytes, files) = tree_usage(&staging);
-        let files = files.max(entries) as u64;
-        // Each file takes at least one 4 KiB block and one inode.
-        let size_mib = (bytes + files * 4096) / (1 << 20) * 5 / 4 + 32;
-        let inodes = (files + 1024).to_string();
-        crate::ext4::make(
-            &staging,
-            dest,
-            "banger-ws",
-            &format!("{size_mib}M"),
-            &["-N", &inodes],
-        )?;
-        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| WorkspaceError::io(dest, e))
-    })();
-    let _ = std::fs::remove_dir_all(&staging);
-    result
+    }
+    (bytes, entries)
 }
 
 /// Creates `path` (which must not exist) for root alone.
@@ -268,7 +326,7 @@ pub fn drop_write_bits(dir: &Path) -> Result<(), WorkspaceError> {
 }
 
 /// Bytes and entries under `dir` (not following symlinks).
-fn tree_usage(dir: &Path) -> (u64, usize) {
+pub(super) fn tree_usage(dir: &Path) -> (u64, usize) {
     let (mut bytes, mut count) = (0, 0);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
