@@ -78,6 +78,11 @@ impl Maker {
 pub struct Meta {
     pub shape: Shape,
     pub maker: Maker,
+    /// Which build of the image version it was made over ([`image_stamp`]):
+    /// `image rm` and a rebuild give a new image the old version number,
+    /// and the template's disk names the image's files by path.
+    #[serde(default)]
+    pub image_stamp: String,
     /// Seconds since the Unix epoch.
     pub built_at: i64,
     /// How long the build took, boot to saved state.
@@ -123,12 +128,33 @@ pub fn list(layout: &Layout) -> Vec<Template> {
     out
 }
 
-/// The newest usable template of `shape`, made by `maker`.
+/// The newest usable template of `shape`, made by `maker` over the image
+/// version that is there now.
 pub fn find(layout: &Layout, shape: &Shape, maker: &Maker) -> Option<Template> {
-    list(layout)
-        .into_iter()
-        .rev()
-        .find(|t| &t.meta.shape == shape && &t.meta.maker == maker && !t.dir.join(BROKEN).exists())
+    let stamp = image_stamp(layout, shape)?;
+    list(layout).into_iter().rev().find(|t| {
+        &t.meta.shape == shape
+            && &t.meta.maker == maker
+            && t.meta.image_stamp == stamp
+            && !t.dir.join(BROKEN).exists()
+    })
+}
+
+/// What tells one build of `shape`'s image version from another that got
+/// the same number (after `image rm`): the manifest's build time and the
+/// root filesystem's inode and modification time. `None` when the
+/// version is not there.
+pub fn image_stamp(layout: &Layout, shape: &Shape) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let image = layout.image_version(&shape.image, shape.image_version);
+    let built_at = crate::image::Manifest::read(&image)?.built_at;
+    let rootfs = std::fs::metadata(image.rootfs()).ok()?;
+    Some(format!(
+        "{built_at}-{}-{}.{:09}",
+        rootfs.ino(),
+        rootfs.mtime(),
+        rootfs.mtime_nsec()
+    ))
 }
 
 /// A new template's id (its directory name).
@@ -205,6 +231,7 @@ mod tests {
             meta: Meta {
                 shape: shape(cpus),
                 maker,
+                image_stamp: String::new(),
                 built_at,
                 build_seconds: 1.0,
             },
@@ -215,6 +242,9 @@ mod tests {
     fn find_takes_the_newest_of_the_shape_by_the_same_maker() {
         let dir = tempfile::tempdir().unwrap();
         let l = Layout::new(dir.path().into(), dir.path().join("run"), None);
+        crate::image::catalog::install(&l, "default", crate::image::catalog::fake_build("v1"))
+            .unwrap();
+        let stamp = image_stamp(&l, &shape(1)).unwrap();
         let maker = Maker::current("qemu", "7.2 tcg");
         for (id, cpus, at, vmm_version) in [
             ("a", 1, 10, "7.2 tcg"),
@@ -229,6 +259,7 @@ mod tests {
             let meta = Meta {
                 shape: shape(cpus),
                 maker: Maker::current("qemu", vmm_version),
+                image_stamp: stamp.clone(),
                 built_at: at,
                 build_seconds: 1.0,
             };

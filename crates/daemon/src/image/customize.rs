@@ -158,10 +158,12 @@ pub fn customize(root: &Path) -> Result<(), ImageError> {
     if let Ok(text) = std::fs::read_to_string(&pam) {
         let kept: String = text
             .lines()
-            .map(|l| match l.contains("pam_motd.so") && l.contains("motd.dynamic") {
-                true => format!("# banger: {l}\n"),
-                false => format!("{l}\n"),
-            })
+            .map(
+                |l| match l.contains("pam_motd.so") && l.contains("motd.dynamic") {
+                    true => format!("# banger: {l}\n"),
+                    false => format!("{l}\n"),
+                },
+            )
             .collect();
         std::fs::write(&pam, kept).map_err(|e| ImageError::io(&pam, e))?;
     }

@@ -105,6 +105,15 @@ impl VmService {
     fn build_template(&self, shape: &Shape, backend: &dyn Vmm) -> R<String> {
         let started = Instant::now();
         let l = self.layout();
+        // Taken before the disk is made over the image, checked again once
+        // the template is saved: an image removed and rebuilt in between
+        // (same version number) makes the build worthless.
+        let stamp = template::image_stamp(l, shape).ok_or_else(|| {
+            VmError::ImageMissing(format!(
+                "image {} version {} is gone",
+                shape.image, shape.image_version
+            ))
+        })?;
         let id = template::new_id(shape);
         let dir = template::building_dir(l, &id);
         let run = l.template_run_dir(&id);
@@ -120,10 +129,17 @@ impl VmService {
         }
         let _ = std::fs::remove_dir_all(&run);
         let done = made.and_then(|()| {
+            if template::image_stamp(l, shape).as_ref() != Some(&stamp) {
+                return Err(VmError::Failed(format!(
+                    "image {} version {} changed while its template was built",
+                    shape.image, shape.image_version
+                )));
+            }
             finish_files(&dir)?;
             let meta = template::Meta {
                 shape: shape.clone(),
                 maker: self.maker(backend),
+                image_stamp: stamp,
                 built_at: crate::store::now(),
                 build_seconds: started.elapsed().as_secs_f64(),
             };
@@ -332,8 +348,20 @@ impl VmService {
         std::fs::write(&log, text).map_err(|e| VmError::Host(FromPathIo::io(&log, e)))
     }
 
-    /// Marks `vm`'s template unusable after its restore failed.
-    pub(super) fn template_failed(&self, id: &str) {
+    /// Passes `result` of a step only a template can fail (loading its
+    /// state, the restored guest taking its identity) through; a failure
+    /// marks `vm`'s template unusable. A cancelled step blames nothing.
+    pub(super) fn blame_template<T>(&self, vm: &VmRecord, result: R<T>) -> R<T> {
+        if let (Err(e), Some(id)) = (&result, &vm.template) {
+            if !matches!(e, VmError::Cancelled(_)) {
+                self.template_failed(id);
+            }
+        }
+        result
+    }
+
+    /// Marks template `id` unusable after a restore from it failed.
+    fn template_failed(&self, id: &str) {
         let mark = self.layout().template_dir(id).join(template::BROKEN);
         if let Err(e) = std::fs::write(&mark, b"") {
             tracing::warn!(template = %id, "marking the template broken: {e}");
@@ -342,7 +370,8 @@ impl VmService {
 
     /// Removes the templates nobody needs: no VM is made over them, and
     /// they are unusable (another banger, VMM or format, an image version
-    /// that is gone, a failed restore) or superseded.
+    /// that is gone or was rebuilt under its number, a failed restore) or
+    /// superseded.
     pub fn collect_templates(&self) {
         let Ok(in_use) = self.store.templates_in_use() else {
             return;
@@ -355,8 +384,7 @@ impl VmService {
                 .iter()
                 .find(|b| b.name() == t.meta.maker.vmm);
             vmm.is_some_and(|b| self.maker(b.as_ref()) == t.meta.maker)
-                && l.image_version(&t.meta.shape.image, t.meta.shape.image_version)
-                    .exists()
+                && template::image_stamp(l, &t.meta.shape).as_ref() == Some(&t.meta.image_stamp)
                 && !t.dir.join(template::BROKEN).exists()
         };
         for t in template::unneeded(&template::list(l), &in_use, usable) {

@@ -80,6 +80,9 @@ struct State {
     clock_offset: i64,
     /// What guest commands were fed on stdin (uploads), in order.
     fed: Vec<u8>,
+    /// The fake VMM saves and restores VMs (templates), and the fake disk
+    /// plays qcow2 overlays.
+    templates: bool,
 }
 
 /// The system clock, moved on by [`World::advance_clock`].
@@ -123,6 +126,14 @@ impl World {
     /// The disks whose device is set up.
     pub fn devices(&self) -> BTreeSet<PathBuf> {
         self.state().devices.clone()
+    }
+
+    /// Makes the fake VMM save and restore VMs and answer through a guest
+    /// agent, and the fake disk make qcow2 overlays: templates are used.
+    pub fn enable_templates(&self) {
+        let mut st = self.state();
+        st.templates = true;
+        st.disk_strategy = Some(Strategy::Qcow2);
     }
 
     /// Moves the fake clock `secs` seconds ahead of the system clock.

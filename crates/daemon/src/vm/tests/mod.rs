@@ -10,4 +10,5 @@ mod faults;
 mod fromvm;
 mod images;
 mod lifetimes;
+mod templates;
 mod wedge;
