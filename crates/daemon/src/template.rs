@@ -177,23 +177,36 @@ pub fn write_meta(dir: &Path, meta: &Meta) -> std::io::Result<()> {
     std::fs::write(dir.join(META), body)
 }
 
+/// At most this many templates no VM is made over are kept (the newest):
+/// each holds a guest's memory on disk, and any user who may create VMs
+/// can ask for one of a new shape.
+pub const MAX_IDLE: usize = 8;
+
 /// Templates nobody needs: not made over by any VM (`in_use`), and either
-/// unusable (`usable` says no) or older than another of the same shape.
+/// unusable (`usable` says no), older than another of the same shape, or
+/// beyond the newest [`MAX_IDLE`] of those left.
 pub fn unneeded(
     all: &[Template],
     in_use: &[String],
     usable: impl Fn(&Template) -> bool,
 ) -> Vec<Template> {
-    all.iter()
-        .enumerate()
-        .filter(|(i, t)| {
-            let newer_usable = all[i + 1..]
-                .iter()
-                .any(|n| n.meta.shape == t.meta.shape && usable(n));
-            !in_use.contains(&t.id) && (!usable(t) || newer_usable)
-        })
-        .map(|(_, t)| t.clone())
-        .collect()
+    let (mut gone, mut idle) = (Vec::new(), Vec::new());
+    for (i, t) in all.iter().enumerate() {
+        if in_use.contains(&t.id) {
+            continue;
+        }
+        let newer_usable = all[i + 1..]
+            .iter()
+            .any(|n| n.meta.shape == t.meta.shape && usable(n));
+        match !usable(t) || newer_usable {
+            true => gone.push(t.clone()),
+            false => idle.push(t.clone()),
+        }
+    }
+    // `all` is oldest first.
+    let beyond = idle.len().saturating_sub(MAX_IDLE);
+    gone.extend(idle.into_iter().take(beyond));
+    gone
 }
 
 /// Half-built templates (a build the daemon did not finish).
@@ -293,5 +306,19 @@ mod tests {
         assert!(gone
             .iter()
             .all(|t| t.id != "superseded" && t.id != "current"));
+    }
+
+    #[test]
+    fn only_the_newest_idle_templates_are_kept() {
+        let usable = |_: &Template| true;
+        let all: Vec<Template> = (0..MAX_IDLE as u32 + 3)
+            .map(|i| template(&format!("t{i}"), i + 1, i64::from(i), "new"))
+            .collect();
+        // t1 is in use: it is kept and does not count.
+        let gone: Vec<String> = unneeded(&all, &["t1".into()], usable)
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(gone, ["t0", "t2"]);
     }
 }

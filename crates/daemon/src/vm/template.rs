@@ -25,6 +25,10 @@ const GUEST_INIT: &str = "/usr/local/sbin/banger-guest-init";
 /// How long a restored guest may take to apply its identity.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// At most this many template builds wait or run; a cold create of another
+/// shape asks for none (the next one of that shape asks again).
+pub(super) const MAX_QUEUE: usize = 2;
+
 impl VmService {
     /// The template `vm` (just recorded, not yet provisioned) can be
     /// restored from, if templates are on and one of its shape is usable.
@@ -68,8 +72,10 @@ impl VmService {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let _one_at_a_time = this.template_lock.lock().await;
             let key = shape.key();
+            // Unmarked however the build ends, a panic included.
+            let _wanted = Wanted(&this, key.clone());
+            let _one_at_a_time = this.template_lock.lock().await;
             let maker = this.maker(backend.as_ref());
             if template::find(this.layout(), &shape, &maker).is_none() {
                 let t = this.clone();
@@ -79,17 +85,18 @@ impl VmService {
                     Err(e) => tracing::warn!(template = %key, "template build failed: {e}"),
                 }
             }
-            this.templates_wanted_remove(&key);
             this.collect_templates();
         });
     }
 
+    /// Marks the build of `key` as queued; false when it already is, or
+    /// when [`MAX_QUEUE`] builds are.
     fn templates_wanted_insert(&self, key: &str) -> bool {
         let mut wanted = self
             .templates_wanted
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        wanted.insert(key.to_string())
+        wanted.len() < MAX_QUEUE && wanted.insert(key.to_string())
     }
 
     fn templates_wanted_remove(&self, key: &str) {
@@ -407,6 +414,15 @@ impl VmService {
             let _ = std::fs::remove_dir_all(dir);
         }
         let _ = std::fs::remove_dir_all(self.layout().run_dir.join("templates"));
+    }
+}
+
+/// A queued or running template build; dropped, it is neither.
+struct Wanted<'a>(&'a VmService, String);
+
+impl Drop for Wanted<'_> {
+    fn drop(&mut self) {
+        self.0.templates_wanted_remove(&self.1);
     }
 }
 

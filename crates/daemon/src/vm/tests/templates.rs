@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bed::{spec, Bed};
-use crate::host::fake::FaultKind;
+use crate::host::fake::{FaultKind, SimulatedCrash};
 use crate::image::{catalog, DEFAULT_IMAGE};
 use crate::template;
 use crate::vm::{Caller, VmService};
@@ -266,4 +266,156 @@ async fn each_failure_in_a_restored_create_blames_the_template_only_for_its_own(
         templates(&bed, 1).await;
         settle(&bed).await;
     }
+}
+
+/// The daemon dies in each host call of a restored create: a restarted
+/// daemon leaves nothing leaked, the VM gone or deletable, and the
+/// template usable (a crash is no fault of the template's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_a_restored_create_leaves_the_template_usable() {
+    let bed = Arc::new(bed());
+    let svc = bed.daemon();
+    let t = with_template(&bed, &svc).await;
+    svc.delete(ROOT, "first", true, None).await.expect("delete");
+    bed.world.reset_calls();
+    svc.create(spec("probe", false), ROOT, None)
+        .await
+        .expect("probe create");
+    let points = bed.world.calls();
+    svc.delete(ROOT, "probe", true, None).await.expect("delete");
+    quiet_crashes();
+    for (i, point) in points.iter().enumerate() {
+        bed.world.reset_calls();
+        bed.world.arm(i, FaultKind::Crash);
+        let dying = bed.daemon();
+        let run = tokio::spawn(async move { dying.create(spec("x", false), ROOT, None).await });
+        assert!(run.await.is_err(), "point {i} ({point}): no crash");
+        let svc = bed.daemon();
+        crate::vm::reconcile::reconcile(&svc).await;
+        assert!(
+            bed.leaks().is_empty(),
+            "point {i} ({point}): {:?}",
+            bed.leaks()
+        );
+        if bed.vm_names().contains("x") {
+            svc.delete(ROOT, "x", true, None)
+                .await
+                .unwrap_or_else(|e| panic!("point {i} ({point}): delete: {e}"));
+        }
+        assert!(
+            bed.leaks().is_empty(),
+            "point {i} ({point}): {:?}",
+            bed.leaks()
+        );
+        let found = template::list(&bed.cfg.layout);
+        assert!(
+            found.iter().any(|x| x.id == t.id) && !t.dir.join(template::BROKEN).exists(),
+            "point {i} ({point}): the template went"
+        );
+    }
+    svc.create(spec("after", false), ROOT, None)
+        .await
+        .expect("restored create");
+    assert_eq!(template_of(&svc, "after"), Some(t.id));
+}
+
+/// Keeps simulated crashes out of the test output; real panics still print.
+fn quiet_crashes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<SimulatedCrash>().is_none() {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Every cold create of a new shape asks for a template build: a user who
+/// may create VMs must not be able to queue builds (each boots a VM) or
+/// keep templates (each holds a guest's memory on disk) without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_builds_and_idle_templates_are_bounded() {
+    let bed = bed();
+    let svc = bed.daemon();
+    let shapes = 2 * (template::MAX_IDLE + crate::vm::template::MAX_QUEUE);
+    {
+        // Builds wait while one runs: hold the build lock for a while.
+        let _running = svc.template_lock.lock().await;
+        for i in 0..shapes {
+            let mut s = spec(&format!("v{i}"), false);
+            s.memory_mib = 512 + 16 * i as u32;
+            svc.create(s, ROOT, None).await.expect("cold create");
+        }
+        let queued = svc.templates_wanted.lock().unwrap().len();
+        assert!(
+            queued <= crate::vm::template::MAX_QUEUE,
+            "{queued} template builds queued"
+        );
+    }
+    settle(&bed).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    settle(&bed).await;
+    // Delete every VM (so no template is in use) and make templates of
+    // more shapes than are kept idle, one after the other.
+    for i in 0..shapes {
+        svc.delete(ROOT, &format!("v{i}"), true, None)
+            .await
+            .expect("delete");
+    }
+    for i in 0..shapes {
+        let mut s = spec(&format!("w{i}"), false);
+        s.memory_mib = 1024 + 16 * i as u32;
+        svc.create(s, ROOT, None).await.expect("cold create");
+        settle(&bed).await;
+        svc.delete(ROOT, &format!("w{i}"), true, None)
+            .await
+            .expect("delete");
+    }
+    settle(&bed).await;
+    svc.collect_templates();
+    let kept = template::list(&bed.cfg.layout).len();
+    assert!(kept <= template::MAX_IDLE, "{kept} idle templates kept");
+    assert!(bed.leaks().is_empty(), "{:?}", bed.leaks());
+}
+
+/// A build that dies half way (a bug, here a simulated crash in the
+/// snapshot) must not leave its shape marked as being built: the next
+/// cold create of the shape builds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_dies_does_not_block_the_next_build_of_its_shape() {
+    quiet_crashes();
+    let bed = bed();
+    let svc = bed.daemon();
+    bed.world.reset_calls();
+    let t = with_template(&bed, &svc).await;
+    let snapshot = bed
+        .world
+        .calls()
+        .iter()
+        .position(|c| c == "vmm.snapshot")
+        .expect("the build saved the template");
+    svc.delete(ROOT, "first", true, None).await.expect("delete");
+    std::fs::remove_dir_all(&t.dir).expect("remove the template");
+
+    let bed = self::bed();
+    let svc = bed.daemon();
+    bed.world.reset_calls();
+    bed.world.arm(snapshot, FaultKind::Crash);
+    svc.create(spec("first", false), ROOT, None)
+        .await
+        .expect("cold create");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !svc.templates_wanted.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        svc.templates_wanted.lock().unwrap().is_empty(),
+        "the dead build still counts as running"
+    );
+    svc.create(spec("second", false), ROOT, None)
+        .await
+        .expect("cold create");
+    assert_eq!(templates(&bed, 1).await.len(), 1, "no template was built");
 }
