@@ -404,17 +404,31 @@ impl VmService {
 
     /// At start: half-built templates, their VMMs and run directories go.
     pub fn clean_unfinished_templates(&self) {
-        for pid in
-            crate::vmm::process::tagged_with_prefix(&crate::vmm::process_tag(TEMPLATE_PREFIX))
-        {
+        let run = self.layout().run_dir.join("templates");
+        for pid in unfinished_template_vmms(&run) {
             tracing::info!(pid, "stopping the VMM of an unfinished template build");
             let _ = crate::vmm::process::signal(pid, libc::SIGKILL);
         }
         for dir in template::unfinished(self.layout()) {
             let _ = std::fs::remove_dir_all(dir);
         }
-        let _ = std::fs::remove_dir_all(self.layout().run_dir.join("templates"));
+        let _ = std::fs::remove_dir_all(run);
     }
+}
+
+/// The VMMs of template builds with their sockets under `run` (this
+/// daemon's; another daemon on the host, with a state and run directory
+/// of its own, may be building one now).
+fn unfinished_template_vmms(run: &std::path::Path) -> Vec<u32> {
+    let mut mine = run.as_os_str().as_encoded_bytes().to_vec();
+    mine.push(b'/');
+    crate::vmm::process::tagged_with_prefix(&crate::vmm::process_tag(TEMPLATE_PREFIX))
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(mine.len()).any(|w| w == mine.as_slice()))
+        })
+        .collect()
 }
 
 /// A queued or running template build; dropped, it is neither.
@@ -455,4 +469,31 @@ fn finish_files(dir: &std::path::Path) -> R<()> {
         let _ = std::fs::remove_file(dir.join(f));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another daemon's template build (its sockets under another run
+    /// directory) is not this daemon's to stop.
+    #[test]
+    fn only_this_daemons_unfinished_template_vmms_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mine, theirs) = (dir.path().join("mine"), dir.path().join("theirs"));
+        let tag = crate::vmm::process_tag(&template_vm_name("x"));
+        let sock = format!("unix:{}/x/control.sock,server=on", theirs.display());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; :", &tag, &sock])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let found = (
+            unfinished_template_vmms(&mine).contains(&pid),
+            unfinished_template_vmms(&theirs).contains(&pid),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, (false, true));
+    }
 }
