@@ -33,14 +33,7 @@ pub fn save(control_socket: &Path, dest: &Path) -> Result<(), VmmError> {
     let _ = std::fs::remove_file(&sock);
     let listener =
         UnixListener::bind(&sock).map_err(io(format!("listening on {}", sock.display())))?;
-    // QEMU runs as the VM's own uid; it must be able to connect.
-    {
-        use std::os::unix::fs::MetadataExt;
-        let owner = std::fs::metadata(control_socket)
-            .map_err(io(format!("reading {}", control_socket.display())))?;
-        std::os::unix::fs::chown(&sock, Some(owner.uid()), Some(owner.gid()))
-            .map_err(io(format!("handing {} to the VMM", sock.display())))?;
-    }
+    hand_to_vmm(&sock, control_socket)?;
     let out = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
@@ -75,6 +68,20 @@ pub fn save(control_socket: &Path, dest: &Path) -> Result<(), VmmError> {
         }),
         Err(_) => Err(VmmError::Control("the state writer panicked".into())),
     }
+}
+
+/// Gives `sock` to the owner of `control_socket`: QEMU runs as the VM's
+/// own uid and must be able to connect. Both are in the VMM's run
+/// directory, which that uid owns and may change under the daemon, so no
+/// symbolic link is followed (a link planted at `sock` must not make root
+/// hand a host file to the VMM's uid).
+fn hand_to_vmm(sock: &Path, control_socket: &Path) -> Result<(), VmmError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |what: String| move |source| VmmError::Io { what, source };
+    let owner = std::fs::symlink_metadata(control_socket)
+        .map_err(io(format!("reading {}", control_socket.display())))?;
+    std::os::unix::fs::lchown(sock, Some(owner.uid()), Some(owner.gid()))
+        .map_err(io(format!("handing {} to the VMM", sock.display())))
 }
 
 fn migrate(control_socket: &Path, sock: &Path) -> Result<(), VmmError> {
@@ -146,5 +153,35 @@ pub fn wait_restored(control_socket: &Path) -> Result<(), VmmError> {
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The VMM's uid owns the run directory: a link it puts where the
+    /// migration socket was must not make root give away what it names.
+    #[test]
+    fn a_link_at_the_socket_path_hands_nothing_over() {
+        // SAFETY: geteuid has no side effects.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (chown to another uid)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("control.sock");
+        let precious = dir.path().join("precious");
+        std::fs::write(&control, "").unwrap();
+        std::fs::write(&precious, "root's").unwrap();
+        std::os::unix::fs::chown(&control, Some(4242), Some(4242)).unwrap();
+        let sock = dir.path().join("migrate.sock");
+        std::os::unix::fs::symlink(&precious, &sock).unwrap();
+        hand_to_vmm(&sock, &control).unwrap();
+        let meta = std::fs::metadata(&precious).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "the link was followed");
+        let link = std::fs::symlink_metadata(&sock).unwrap();
+        assert_eq!(link.uid(), 4242);
     }
 }
