@@ -420,15 +420,7 @@ impl VmService {
 /// daemon's; another daemon on the host, with a state and run directory
 /// of its own, may be building one now).
 fn unfinished_template_vmms(run: &std::path::Path) -> Vec<u32> {
-    let mut mine = run.as_os_str().as_encoded_bytes().to_vec();
-    mine.push(b'/');
-    crate::vmm::process::tagged_with_prefix(&crate::vmm::process_tag(TEMPLATE_PREFIX))
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(mine.len()).any(|w| w == mine.as_slice()))
-        })
-        .collect()
+    crate::vmm::process::tagged_under(&crate::vmm::process_tag(TEMPLATE_PREFIX), true, run)
 }
 
 /// A queued or running template build; dropped, it is neither.

@@ -81,7 +81,13 @@ impl Vmm for FakeVmm {
     }
     fn launch(&self, spec: &LaunchSpec) -> Result<RuntimeHandle, VmmError> {
         self.0.hit("vmm.launch").map_err(VmmError::Launch)?;
-        Ok(self.spawn(spec))
+        let handle = self.spawn(spec);
+        // Started, not yet answering: the daemon can die here too.
+        if let Err(e) = self.0.hit("vmm.launch.started") {
+            let _ = self.signal(&handle, libc::SIGKILL);
+            return Err(VmmError::Launch(e));
+        }
+        Ok(handle)
     }
     fn snapshot(&self, _control_socket: &Path, dest: &Path) -> Result<(), VmmError> {
         self.0
@@ -102,7 +108,28 @@ impl Vmm for FakeVmm {
                 from.display()
             )));
         }
-        Ok(self.spawn(spec))
+        let handle = self.spawn(spec);
+        // The state loads after the VMM started: the daemon can die while
+        // a VMM it has not recorded yet runs.
+        if let Err(e) = self.0.hit("vmm.restore.load") {
+            // As the real backends do: a VMM whose state did not load is
+            // killed before the error returns.
+            let _ = self.signal(&handle, libc::SIGKILL);
+            return Err(VmmError::Launch(e));
+        }
+        Ok(handle)
+    }
+    fn unrecorded(&self, name: &str, control_socket: &Path) -> Vec<RuntimeHandle> {
+        self.0
+            .state()
+            .procs
+            .iter()
+            .filter(|(_, p)| p.alive && p.name == name && p.control == control_socket)
+            .map(|(pid, p)| RuntimeHandle {
+                pid: *pid,
+                start_time: p.start_time,
+            })
+            .collect()
     }
     fn agent_exec(
         &self,
