@@ -46,15 +46,17 @@ async fn templates(bed: &Bed, n: usize) -> Vec<template::Template> {
     }
 }
 
-/// Waits until no template build's VMM runs (a build after a cold create
-/// is in the background; its VMM is not a VM's).
-async fn settle(bed: &Bed) {
+/// Waits until no template build is queued or runs (a build after a cold
+/// create is in the background, and collects templates when it ends).
+async fn settle(svc: &VmService, bed: &Bed) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let building = || {
-        bed.world
-            .live_procs()
-            .values()
-            .any(|p| p.name.starts_with(".tpl-"))
+        !svc.templates_wanted.lock().unwrap().is_empty()
+            || bed
+                .world
+                .live_procs()
+                .values()
+                .any(|p| p.name.starts_with(".tpl-"))
     };
     while building() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -119,7 +121,7 @@ async fn a_state_that_does_not_load_breaks_the_template_and_the_vm_boots_cold() 
         "still over the template: {over}"
     );
     assert!(!t.dir.exists(), "the broken template stayed");
-    settle(&bed).await;
+    settle(&svc, &bed).await;
     assert!(bed.leaks().is_empty(), "{:?}", bed.leaks());
 }
 
@@ -147,7 +149,7 @@ async fn a_host_failure_during_a_restore_keeps_the_template() {
         .await
         .expect("restored create");
     assert_eq!(template_of(&svc, "fourth"), Some(t.id.clone()));
-    settle(&bed).await;
+    settle(&svc, &bed).await;
     assert!(bed.leaks().is_empty(), "{:?}", bed.leaks());
 }
 
@@ -198,7 +200,7 @@ async fn a_template_never_serves_an_image_rebuilt_under_its_version() {
         "restored from a template of the removed image"
     );
     // And it goes when templates are collected (at a daemon start, too).
-    settle(&bed).await;
+    settle(&svc, &bed).await;
     svc.collect_templates();
     assert!(!t.dir.exists(), "the stale template stayed");
 }
@@ -253,7 +255,7 @@ async fn each_failure_in_a_restored_create_blames_the_template_only_for_its_own(
                 "point {i} ({point}): a VM stayed"
             );
         }
-        settle(&bed).await;
+        settle(&svc, &bed).await;
         assert!(
             bed.leaks().is_empty(),
             "point {i} ({point}): {:?}",
@@ -264,7 +266,7 @@ async fn each_failure_in_a_restored_create_blames_the_template_only_for_its_own(
         }
         // A broken template goes; the cold create builds the next one.
         templates(&bed, 1).await;
-        settle(&bed).await;
+        settle(&svc, &bed).await;
     }
 }
 
@@ -354,9 +356,9 @@ async fn template_builds_and_idle_templates_are_bounded() {
             "{queued} template builds queued"
         );
     }
-    settle(&bed).await;
+    settle(&svc, &bed).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    settle(&bed).await;
+    settle(&svc, &bed).await;
     // Delete every VM (so no template is in use) and make templates of
     // more shapes than are kept idle, one after the other.
     for i in 0..shapes {
@@ -368,12 +370,12 @@ async fn template_builds_and_idle_templates_are_bounded() {
         let mut s = spec(&format!("w{i}"), false);
         s.memory_mib = 1024 + 16 * i as u32;
         svc.create(s, ROOT, None).await.expect("cold create");
-        settle(&bed).await;
+        settle(&svc, &bed).await;
         svc.delete(ROOT, &format!("w{i}"), true, None)
             .await
             .expect("delete");
     }
-    settle(&bed).await;
+    settle(&svc, &bed).await;
     svc.collect_templates();
     let kept = template::list(&bed.cfg.layout).len();
     assert!(kept <= template::MAX_IDLE, "{kept} idle templates kept");
