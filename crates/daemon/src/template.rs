@@ -105,6 +105,11 @@ impl Maker {
 pub struct Meta {
     pub shape: Shape,
     pub maker: Maker,
+    /// Which build of the image version it was made over ([`image_stamp`]):
+    /// `image rm` and a rebuild give a new image the old version number,
+    /// and the template's disk names the image's files by path.
+    #[serde(default)]
+    pub image_stamp: String,
     /// Seconds since the Unix epoch.
     pub built_at: i64,
     /// How long the build took, boot to saved state.
@@ -150,12 +155,33 @@ pub fn list(layout: &Layout) -> Vec<Template> {
     out
 }
 
-/// The newest usable template of `shape`, made by `maker`.
+/// The newest usable template of `shape`, made by `maker` over the image
+/// version that is there now.
 pub fn find(layout: &Layout, shape: &Shape, maker: &Maker) -> Option<Template> {
-    list(layout)
-        .into_iter()
-        .rev()
-        .find(|t| &t.meta.shape == shape && &t.meta.maker == maker && !t.dir.join(BROKEN).exists())
+    let stamp = image_stamp(layout, shape)?;
+    list(layout).into_iter().rev().find(|t| {
+        &t.meta.shape == shape
+            && &t.meta.maker == maker
+            && t.meta.image_stamp == stamp
+            && !t.dir.join(BROKEN).exists()
+    })
+}
+
+/// What tells one build of `shape`'s image version from another that got
+/// the same number (after `image rm`): the manifest's build time and the
+/// root filesystem's inode and modification time. `None` when the
+/// version is not there.
+pub fn image_stamp(layout: &Layout, shape: &Shape) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let image = layout.image_version(&shape.image, shape.image_version);
+    let built_at = crate::image::Manifest::read(&image)?.built_at;
+    let rootfs = std::fs::metadata(image.rootfs()).ok()?;
+    Some(format!(
+        "{built_at}-{}-{}.{:09}",
+        rootfs.ino(),
+        rootfs.mtime(),
+        rootfs.mtime_nsec()
+    ))
 }
 
 /// A new template's id (its directory name).
@@ -178,23 +204,36 @@ pub fn write_meta(dir: &Path, meta: &Meta) -> std::io::Result<()> {
     std::fs::write(dir.join(META), body)
 }
 
+/// At most this many templates no VM is made over are kept (the newest):
+/// each holds a guest's memory on disk, and any user who may create VMs
+/// can ask for one of a new shape.
+pub const MAX_IDLE: usize = 8;
+
 /// Templates nobody needs: not made over by any VM (`in_use`), and either
-/// unusable (`usable` says no) or older than another of the same shape.
+/// unusable (`usable` says no), older than another of the same shape, or
+/// beyond the newest [`MAX_IDLE`] of those left.
 pub fn unneeded(
     all: &[Template],
     in_use: &[String],
     usable: impl Fn(&Template) -> bool,
 ) -> Vec<Template> {
-    all.iter()
-        .enumerate()
-        .filter(|(i, t)| {
-            let newer_usable = all[i + 1..]
-                .iter()
-                .any(|n| n.meta.shape == t.meta.shape && usable(n));
-            !in_use.contains(&t.id) && (!usable(t) || newer_usable)
-        })
-        .map(|(_, t)| t.clone())
-        .collect()
+    let (mut gone, mut idle) = (Vec::new(), Vec::new());
+    for (i, t) in all.iter().enumerate() {
+        if in_use.contains(&t.id) {
+            continue;
+        }
+        let newer_usable = all[i + 1..]
+            .iter()
+            .any(|n| n.meta.shape == t.meta.shape && usable(n));
+        match !usable(t) || newer_usable {
+            true => gone.push(t.clone()),
+            false => idle.push(t.clone()),
+        }
+    }
+    // `all` is oldest first.
+    let beyond = idle.len().saturating_sub(MAX_IDLE);
+    gone.extend(idle.into_iter().take(beyond));
+    gone
 }
 
 /// Half-built templates (a build the daemon did not finish).
@@ -233,6 +272,7 @@ mod tests {
             meta: Meta {
                 shape: shape(cpus),
                 maker,
+                image_stamp: String::new(),
                 built_at,
                 build_seconds: 1.0,
             },
@@ -243,6 +283,9 @@ mod tests {
     fn find_takes_the_newest_of_the_shape_by_the_same_maker() {
         let dir = tempfile::tempdir().unwrap();
         let l = Layout::new(dir.path().into(), dir.path().join("run"), None);
+        crate::image::catalog::install(&l, "default", crate::image::catalog::fake_build("v1"))
+            .unwrap();
+        let stamp = image_stamp(&l, &shape(1)).unwrap();
         let maker = Maker::current("qemu", "7.2 tcg");
         for (id, cpus, at, vmm_version) in [
             ("a", 1, 10, "7.2 tcg"),
@@ -257,6 +300,7 @@ mod tests {
             let meta = Meta {
                 shape: shape(cpus),
                 maker: Maker::current("qemu", vmm_version),
+                image_stamp: stamp.clone(),
                 built_at: at,
                 build_seconds: 1.0,
             };
@@ -290,5 +334,19 @@ mod tests {
         assert!(gone
             .iter()
             .all(|t| t.id != "superseded" && t.id != "current"));
+    }
+
+    #[test]
+    fn only_the_newest_idle_templates_are_kept() {
+        let usable = |_: &Template| true;
+        let all: Vec<Template> = (0..MAX_IDLE as u32 + 3)
+            .map(|i| template(&format!("t{i}"), i + 1, i64::from(i), "new"))
+            .collect();
+        // t1 is in use: it is kept and does not count.
+        let gone: Vec<String> = unneeded(&all, &["t1".into()], usable)
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(gone, ["t0", "t2"]);
     }
 }

@@ -148,12 +148,15 @@ impl VmService {
             None => {
                 let how = format!("starting {} ({})", vm.name, backend.name());
                 op.phase("boot", &how, pct + 10);
-                blocking(move || b.launch(&spec)).await
+                blocking(move || b.launch(&spec))
+                    .await
+                    .map_err(VmError::from)
             }
             Some(state) => {
                 let how = format!("restoring {} from its template", vm.name);
                 op.phase("restore", &how, pct + 10);
-                blocking(move || b.restore(&spec, &state)).await
+                let restored = blocking(move || b.restore(&spec, &state)).await;
+                self.blame_template(vm, restored.map_err(VmError::from))
             }
         }
         .context(|| format!("booting {}", vm.name))?;
@@ -167,7 +170,8 @@ impl VmService {
                 pct + 15,
             );
             let t = Instant::now();
-            self.reidentify(vm, backend.clone()).await?;
+            let identity = self.reidentify(vm, backend.clone()).await;
+            self.blame_template(vm, identity)?;
             steps.push(format!("identity {:.1}s", t.elapsed().as_secs_f64()));
         }
         op.phase("ssh", &format!("waiting for SSH on {}", vm.ip), pct + 20);

@@ -182,8 +182,10 @@ impl VmService {
         Ok(())
     }
 
-    /// Restores `vm` from template `t`; if that fails, marks the template
-    /// broken and boots the VM cold on a disk made over the image.
+    /// Restores `vm` from template `t`; if that fails, boots the VM cold on
+    /// a disk made over the image. The template is marked broken (and goes)
+    /// only when its state did not load or the restored guest did not take
+    /// its identity (`blame_template`), not for a host failure on the way.
     async fn restore_or_boot_cold(
         self: &Arc<Self>,
         op: &Op,
@@ -196,7 +198,6 @@ impl VmService {
             Err(e) => e,
         };
         tracing::warn!(vm = %vm.name, template = %t.id, "restoring failed ({e}); booting cold");
-        self.template_failed(&t.id);
         let mut vm = self.record(&vm.name)?;
         self.store.set_template(&vm.name, None)?;
         vm.template = None;

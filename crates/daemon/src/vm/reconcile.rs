@@ -115,6 +115,7 @@ async fn adopt_or_settle(svc: &VmService, mut vm: VmRecord, report: &mut Report)
             Err(e) => tracing::warn!(vm = %vm.name, "re-adopting: {e}"),
         }
     }
+    stop_unrecorded(svc, &vm).await;
     if let Err(e) = svc.teardown_runtime(&vm).await {
         tracing::warn!(vm = %vm.name, "{e}");
     }
@@ -134,6 +135,25 @@ async fn adopt_or_settle(svc: &VmService, mut vm: VmRecord, report: &mut Report)
         Err(e) => tracing::warn!(vm = %vm.name, "{e}"),
     }
     false
+}
+
+/// Kills the VMMs of `vm` the store has no live handle for: the daemon
+/// died after starting one and before recording it (a restore from a
+/// template is seconds of that), so nothing else would ever stop it.
+async fn stop_unrecorded(svc: &VmService, vm: &VmRecord) {
+    let Ok(backend) = svc.backend_of(vm) else {
+        return;
+    };
+    let (name, control) = (vm.name.clone(), svc.layout().vm_control_socket(&vm.name));
+    blocking(move || {
+        for h in backend.unrecorded(&name, &control) {
+            tracing::warn!(vm = %name, pid = h.pid, "stopping a VMM the daemon had not recorded");
+            if let Err(e) = backend.signal(&h, libc::SIGKILL) {
+                tracing::warn!(vm = %name, "{e}");
+            }
+        }
+    })
+    .await;
 }
 
 /// Per-VM directories no VM owns, and run directories of VMs not running.

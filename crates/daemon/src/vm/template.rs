@@ -25,6 +25,10 @@ const GUEST_INIT: &str = "/usr/local/sbin/banger-guest-init";
 /// How long a restored guest may take to apply its identity.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// At most this many template builds wait or run; a cold create of another
+/// shape asks for none (the next one of that shape asks again).
+pub(super) const MAX_QUEUE: usize = 2;
+
 impl VmService {
     /// The template `vm` (just recorded, not yet provisioned) can be
     /// restored from, if templates are on and one of its shape is usable.
@@ -69,8 +73,10 @@ impl VmService {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let _one_at_a_time = this.template_lock.lock().await;
             let key = shape.key();
+            // Unmarked however the build ends, a panic included.
+            let _wanted = Wanted(&this, key.clone());
+            let _one_at_a_time = this.template_lock.lock().await;
             let maker = this.maker(backend.as_ref());
             if template::find(this.layout(), &shape, &maker).is_none() {
                 let t = this.clone();
@@ -80,17 +86,18 @@ impl VmService {
                     Err(e) => tracing::warn!(template = %key, "template build failed: {e}"),
                 }
             }
-            this.templates_wanted_remove(&key);
             this.collect_templates();
         });
     }
 
+    /// Marks the build of `key` as queued; false when it already is, or
+    /// when [`MAX_QUEUE`] builds are.
     fn templates_wanted_insert(&self, key: &str) -> bool {
         let mut wanted = self
             .templates_wanted
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        wanted.insert(key.to_string())
+        wanted.len() < MAX_QUEUE && wanted.insert(key.to_string())
     }
 
     fn templates_wanted_remove(&self, key: &str) {
@@ -106,6 +113,15 @@ impl VmService {
     fn build_template(&self, shape: &Shape, backend: &dyn Vmm) -> R<String> {
         let started = Instant::now();
         let l = self.layout();
+        // Taken before the disk is made over the image, checked again once
+        // the template is saved: an image removed and rebuilt in between
+        // (same version number) makes the build worthless.
+        let stamp = template::image_stamp(l, shape).ok_or_else(|| {
+            VmError::ImageMissing(format!(
+                "image {} version {} is gone",
+                shape.image, shape.image_version
+            ))
+        })?;
         let id = template::new_id(shape);
         let dir = template::building_dir(l, &id);
         let run = l.template_run_dir(&id);
@@ -121,10 +137,17 @@ impl VmService {
         }
         let _ = std::fs::remove_dir_all(&run);
         let done = made.and_then(|()| {
+            if template::image_stamp(l, shape).as_ref() != Some(&stamp) {
+                return Err(VmError::Failed(format!(
+                    "image {} version {} changed while its template was built",
+                    shape.image, shape.image_version
+                )));
+            }
             finish_files(&dir, shape.strategy())?;
             let meta = template::Meta {
                 shape: shape.clone(),
                 maker: self.maker(backend),
+                image_stamp: stamp,
                 built_at: crate::store::now(),
                 build_seconds: started.elapsed().as_secs_f64(),
             };
@@ -334,8 +357,20 @@ impl VmService {
         std::fs::write(&log, text).map_err(|e| VmError::Host(FromPathIo::io(&log, e)))
     }
 
-    /// Marks `vm`'s template unusable after its restore failed.
-    pub(super) fn template_failed(&self, id: &str) {
+    /// Passes `result` of a step only a template can fail (loading its
+    /// state, the restored guest taking its identity) through; a failure
+    /// marks `vm`'s template unusable. A cancelled step blames nothing.
+    pub(super) fn blame_template<T>(&self, vm: &VmRecord, result: R<T>) -> R<T> {
+        if let (Err(e), Some(id)) = (&result, &vm.template) {
+            if !matches!(e, VmError::Cancelled(_)) {
+                self.template_failed(id);
+            }
+        }
+        result
+    }
+
+    /// Marks template `id` unusable after a restore from it failed.
+    fn template_failed(&self, id: &str) {
         let mark = self.layout().template_dir(id).join(template::BROKEN);
         if let Err(e) = std::fs::write(&mark, b"") {
             tracing::warn!(template = %id, "marking the template broken: {e}");
@@ -344,7 +379,8 @@ impl VmService {
 
     /// Removes the templates nobody needs: no VM is made over them, and
     /// they are unusable (another banger, VMM or format, an image version
-    /// that is gone, a failed restore) or superseded.
+    /// that is gone or was rebuilt under its number, a failed restore) or
+    /// superseded.
     pub fn collect_templates(&self) {
         let Ok(in_use) = self.store.templates_in_use() else {
             return;
@@ -357,8 +393,7 @@ impl VmService {
                 .iter()
                 .find(|b| b.name() == t.meta.maker.vmm);
             vmm.is_some_and(|b| self.maker(b.as_ref()) == t.meta.maker)
-                && l.image_version(&t.meta.shape.image, t.meta.shape.image_version)
-                    .exists()
+                && template::image_stamp(l, &t.meta.shape).as_ref() == Some(&t.meta.image_stamp)
                 && !t.dir.join(template::BROKEN).exists()
         };
         for t in template::unneeded(&template::list(l), &in_use, usable) {
@@ -371,16 +406,31 @@ impl VmService {
 
     /// At start: half-built templates, their VMMs and run directories go.
     pub fn clean_unfinished_templates(&self) {
-        for pid in
-            crate::vmm::process::tagged_with_prefix(&crate::vmm::process_tag(TEMPLATE_PREFIX))
-        {
+        let run = self.layout().run_dir.join("templates");
+        for pid in unfinished_template_vmms(&run) {
             tracing::info!(pid, "stopping the VMM of an unfinished template build");
             let _ = crate::vmm::process::signal(pid, libc::SIGKILL);
         }
         for dir in template::unfinished(self.layout()) {
             let _ = std::fs::remove_dir_all(dir);
         }
-        let _ = std::fs::remove_dir_all(self.layout().run_dir.join("templates"));
+        let _ = std::fs::remove_dir_all(run);
+    }
+}
+
+/// The VMMs of template builds with their sockets under `run` (this
+/// daemon's; another daemon on the host, with a state and run directory
+/// of its own, may be building one now).
+fn unfinished_template_vmms(run: &std::path::Path) -> Vec<u32> {
+    crate::vmm::process::tagged_under(&crate::vmm::process_tag(TEMPLATE_PREFIX), true, run)
+}
+
+/// A queued or running template build; dropped, it is neither.
+struct Wanted<'a>(&'a VmService, String);
+
+impl Drop for Wanted<'_> {
+    fn drop(&mut self) {
+        self.0.templates_wanted_remove(&self.1);
     }
 }
 
@@ -413,4 +463,40 @@ fn finish_files(dir: &std::path::Path, strategy: Strategy) -> R<()> {
         let _ = std::fs::remove_file(dir.join(f));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another daemon's template build (its sockets under another run
+    /// directory) is not this daemon's to stop.
+    #[test]
+    fn only_this_daemons_unfinished_template_vmms_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mine, theirs) = (dir.path().join("mine"), dir.path().join("theirs"));
+        let tag = crate::vmm::process_tag(&template_vm_name("x"));
+        let sock = format!("unix:{}/x/control.sock,server=on", theirs.display());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; :", &tag, &sock])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Until it has run `exec`, the child still shows this test's
+        // command line.
+        let start = std::time::Instant::now();
+        while !std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&tag))
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let found = (
+            unfinished_template_vmms(&mine).contains(&pid),
+            unfinished_template_vmms(&theirs).contains(&pid),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, (false, true));
+    }
 }

@@ -190,6 +190,19 @@ pub trait Vmm: Send + Sync {
     fn release(&self, _name: &str) -> Result<(), VmmError> {
         Ok(())
     }
+    /// Live VMM processes of VM `name` that the daemon holds no handle
+    /// for: started just before the daemon died, or whose start failed
+    /// half way. Found by the VM's tag and its run directory (the one that
+    /// holds `control_socket`) on the command line.
+    fn unrecorded(&self, name: &str, control_socket: &Path) -> Vec<RuntimeHandle> {
+        let Some(run) = control_socket.parent() else {
+            return Vec::new();
+        };
+        process::tagged_under(&process_tag(name), false, run)
+            .into_iter()
+            .filter_map(process::handle_of)
+            .collect()
+    }
     fn pause(&self, _control_socket: &Path) -> Result<(), VmmError> {
         Err(self.not_supported("pause a VM"))
     }

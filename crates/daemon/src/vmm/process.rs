@@ -47,9 +47,13 @@ pub fn is_vm_process(pid: u32, name: &str) -> bool {
     })
 }
 
-/// Live processes whose command line has a token starting with `prefix`
-/// (the VMMs of template builds a daemon did not finish).
-pub fn tagged_with_prefix(prefix: &str) -> Vec<u32> {
+/// Live processes whose command line has a token equal to `tag` (or, with
+/// `prefix`, starting with it) and names a path under `dir`: the VMMs this
+/// daemon started there (another daemon on the host has directories of
+/// its own, and may use the same VM names).
+pub fn tagged_under(tag: &str, prefix: bool, dir: &Path) -> Vec<u32> {
+    let mut under = dir.as_os_str().as_encoded_bytes().to_vec();
+    under.push(b'/');
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -60,12 +64,15 @@ pub fn tagged_with_prefix(prefix: &str) -> Vec<u32> {
             let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
                 return false;
             };
-            !is_zombie(*pid)
-                && raw.split(|b| *b == 0).any(|arg| {
-                    String::from_utf8_lossy(arg)
-                        .split(|c: char| c.is_whitespace() || c == ',')
-                        .any(|token| token.starts_with(prefix))
-                })
+            let tagged = raw.split(|b| *b == 0).any(|arg| {
+                String::from_utf8_lossy(arg)
+                    .split(|c: char| c.is_whitespace() || c == ',')
+                    .any(|token| match prefix {
+                        true => token.starts_with(tag),
+                        false => token == tag,
+                    })
+            });
+            tagged && raw.windows(under.len()).any(|w| w == under.as_slice()) && !is_zombie(*pid)
         })
         .collect()
 }
@@ -120,6 +127,30 @@ pub fn read_pid_file(path: &Path) -> Option<u32> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// The same tag under another daemon's directory is not ours; a
+    /// longer name is not the VM's.
+    #[test]
+    fn tagged_under_matches_the_tag_and_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mine, theirs) = (dir.path().join("mine"), dir.path().join("theirs"));
+        let pidfile = format!("{}/vms/dev/vmm.pid", mine.display());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; :", "banger-vm=dev", &pidfile])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let found = [
+            tagged_under("banger-vm=dev", false, &mine),
+            tagged_under("banger-vm=dev", false, &theirs),
+            tagged_under("banger-vm=de", false, &mine),
+            tagged_under("banger-vm=de", true, &mine),
+        ]
+        .map(|pids| pids.contains(&pid));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, [true, false, false, true]);
+    }
 
     #[test]
     fn signals_parse_by_name() {

@@ -116,6 +116,7 @@ impl Agent {
     }
 
     fn send(&mut self, msg: &Value) -> Result<(), VmmError> {
+        self.arm()?;
         let mut line = msg.to_string();
         line.push('\n');
         self.writer
@@ -153,7 +154,9 @@ impl Agent {
         }
     }
 
-    /// Sets the socket's read timeout to what is left before the deadline.
+    /// Sets the socket's read and write timeouts to what is left before
+    /// the deadline (a guest that stops reading its port must not hold a
+    /// write either).
     fn arm(&mut self) -> Result<(), VmmError> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -162,6 +165,7 @@ impl Agent {
         self.reader
             .get_ref()
             .set_read_timeout(Some(left))
+            .and_then(|()| self.writer.set_write_timeout(Some(left)))
             .map_err(|e| self.io("arming the guest agent socket", e))
     }
 
@@ -221,6 +225,77 @@ mod tests {
         agent.join().unwrap();
         assert_eq!(out.code, 3);
         assert_eq!(out.stdout, "hello");
+    }
+
+    /// A hostile guest agent: `answer` gets the daemon's first line (the
+    /// sync request, with its id) and writes whatever it likes back; the
+    /// exec must end with an error by its deadline, never hang.
+    fn hostile(answer: impl FnOnce(u64, &mut UnixStream) + Send + 'static) -> (Duration, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let guest = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut w = stream.try_clone().unwrap();
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).unwrap();
+            let id = serde_json::from_str::<Value>(&line).unwrap()["arguments"]["id"]
+                .as_u64()
+                .unwrap();
+            answer(id, &mut w);
+        });
+        let t = Instant::now();
+        let e = exec(&sock, "/bin/x", &[], Duration::from_millis(700)).unwrap_err();
+        let took = t.elapsed();
+        drop(guest);
+        (took, e.to_string())
+    }
+
+    /// Writes `chunk` over and over until the daemon hangs up.
+    fn flood(w: &mut UnixStream, chunk: &[u8]) {
+        while w.write_all(chunk).is_ok() {}
+    }
+
+    #[test]
+    fn a_guest_that_floods_bytes_before_the_sync_ends_at_the_deadline() {
+        let (took, e) = hostile(|_, w| flood(w, &[b'x'; 4096]));
+        assert!(took < Duration::from_secs(3), "{took:?}: {e}");
+    }
+
+    #[test]
+    fn an_endless_line_after_the_sync_ends_at_the_deadline() {
+        let (took, e) = hostile(|id, w| {
+            let _ = w.write_all(&[0xff]);
+            let _ = w.write_all(format!("{{\"return\": {id}}}\n").as_bytes());
+            let _ = w.write_all(b"{\"return\": \"");
+            flood(w, &[b'a'; 65536]);
+        });
+        assert!(took < Duration::from_secs(3), "{took:?}: {e}");
+    }
+
+    #[test]
+    fn sync_replies_with_another_id_end_at_the_deadline() {
+        let (took, e) = hostile(|id, w| {
+            let _ = w.write_all(&[0xff]);
+            let other = format!("{{\"return\": {}}}\n", id + 1);
+            flood(w, other.as_bytes());
+        });
+        assert!(took < Duration::from_secs(3), "{took:?}: {e}");
+    }
+
+    #[test]
+    fn an_exec_that_never_exits_ends_at_the_deadline() {
+        let (took, e) = hostile(|id, w| {
+            let _ = w.write_all(&[0xff]);
+            let _ = w.write_all(format!("{{\"return\": {id}}}\n").as_bytes());
+            let _ = w.write_all(b"{\"return\": {\"pid\": 7}}\n");
+            flood(w, b"{\"return\": {\"exited\": false}}\n");
+        });
+        assert!(took < Duration::from_secs(3), "{took:?}: {e}");
+        assert!(
+            e.contains("did not finish") || e.contains("no answer"),
+            "{e}"
+        );
     }
 
     #[test]

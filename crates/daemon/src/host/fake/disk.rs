@@ -22,7 +22,10 @@ impl CowDisk for FakeDisk {
         self.0.state().disk_strategy.unwrap_or(Strategy::Copy)
     }
     fn format(&self) -> DiskFormat {
-        DiskFormat::Raw
+        match self.strategy() {
+            Strategy::Qcow2 => DiskFormat::Qcow2,
+            _ => DiskFormat::Raw,
+        }
     }
     fn create(&self, base: &Path, dest: &Path, _size_gib: u32) -> Result<(), DiskError> {
         self.0.hit("disk.create").map_err(DiskError::Failed)?;

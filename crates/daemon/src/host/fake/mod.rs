@@ -55,8 +55,6 @@ pub struct FakeProc {
 
 #[derive(Default)]
 struct State {
-    /// The fake VMM can save and restore VMs (templates).
-    snapshots: bool,
     /// What the fake guest agent ran, in order (program and arguments).
     agent_runs: Vec<Vec<String>>,
     bridges: BTreeSet<String>,
@@ -84,6 +82,9 @@ struct State {
     clock_offset: i64,
     /// What guest commands were fed on stdin (uploads), in order.
     fed: Vec<u8>,
+    /// The fake VMM saves and restores VMs (templates), and the fake disk
+    /// plays qcow2 overlays.
+    templates: bool,
 }
 
 /// The system clock, moved on by [`World::advance_clock`].
@@ -120,11 +121,6 @@ impl World {
 
     /// Makes the fake disk play `strategy` (a device per running disk for
     /// dm-snapshot; files only for the others).
-    /// Lets the fake VMM save and restore VMs, so templates are built.
-    pub fn enable_snapshots(&self) {
-        self.state().snapshots = true;
-    }
-
     /// The programs the fake guest agent ran, with their arguments.
     pub fn agent_runs(&self) -> Vec<Vec<String>> {
         self.state().agent_runs.clone()
@@ -137,6 +133,14 @@ impl World {
     /// The disks whose device is set up.
     pub fn devices(&self) -> BTreeSet<PathBuf> {
         self.state().devices.clone()
+    }
+
+    /// Makes the fake VMM save and restore VMs and answer through a guest
+    /// agent, and the fake disk make qcow2 overlays: templates are used.
+    pub fn enable_templates(&self) {
+        let mut st = self.state();
+        st.templates = true;
+        st.disk_strategy = Some(Strategy::Qcow2);
     }
 
     /// Moves the fake clock `secs` seconds ahead of the system clock.

@@ -10,5 +10,6 @@ mod faults;
 mod fromvm;
 mod images;
 mod lifetimes;
+mod restore;
 mod templates;
 mod wedge;
