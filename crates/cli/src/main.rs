@@ -70,12 +70,17 @@ enum Command {
 }
 
 fn main() {
-    // A closed pipe (`banger vm list | head`) ends us quietly, like any CLI.
-    // SAFETY: resetting SIGPIPE to its default before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // A closed pipe (`banger vm list | head`) ends a verb quietly, like any
+    // CLI. The daemon and `banger mcp` live on and write into children's
+    // stdin (a guest's ssh, a command that may not read it): for them a
+    // closed pipe stays an error to handle (EPIPE), as Rust set it up.
+    if !matches!(cli.command, Command::Daemon(_) | Command::Mcp) {
+        // SAFETY: resetting SIGPIPE to its default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let socket = cli.socket;
     let result = match cli.command {
         Command::Daemon(args) => commands::daemon::run(*args, &socket),
