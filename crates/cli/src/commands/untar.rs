@@ -66,7 +66,6 @@ pub fn unpack(from: impl Read, dir: &Path, top: Option<&str>) -> io::Result<Unpa
         // What the entry did not use (a link's stray data, a skipped one's).
         io::copy(&mut entry, &mut io::sink())?;
     }
-    drop(entries);
     run.close_dirs()?;
     // The rest is padding; a guest that goes on sending is cut off.
     budget.set(Some(TRAILER_LIMIT));
