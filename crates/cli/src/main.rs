@@ -71,11 +71,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    // A closed pipe (`banger vm list | head`) ends a command quietly, like
-    // any CLI. The servers (the daemon, `mcp`) keep Rust's default: a
-    // write to a closed pipe is an error to handle, never the end of the
-    // process (a guest that closes its end of a copy must not stop the
-    // daemon).
+    // A closed pipe (`banger vm list | head`) ends a verb quietly, like any
+    // CLI. The daemon and `banger mcp` live on and write into children's
+    // stdin (a guest's ssh, a command that may not read it): for them a
+    // closed pipe stays an error to handle (EPIPE), as Rust set it up.
     if !matches!(cli.command, Command::Daemon(_) | Command::Mcp) {
         // SAFETY: resetting SIGPIPE to its default before any thread starts.
         unsafe {

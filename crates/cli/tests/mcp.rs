@@ -65,6 +65,12 @@ fn tools_have_schemas_and_bad_input_is_a_one_line_tool_error() {
         ),
         call(7, "vm_create", json!({"name": "dev", "mode": "sideways"})),
         call(8, "vm_list", json!({})),
+        // A name with `=` is not a name (not NAME "A" with value "B=v").
+        call(
+            9,
+            "vm_exec",
+            json!({"name": "dev", "command": ["true"], "env": {"A=B": "v"}}),
+        ),
     ]);
     assert_eq!(answers[0]["result"]["serverInfo"]["name"], "banger");
     let tools = answers[1]["result"]["tools"].as_array().expect("tools");
@@ -107,4 +113,5 @@ fn tools_have_schemas_and_bad_input_is_a_one_line_tool_error() {
     assert!(said(5).contains("not an absolute path"));
     assert!(said(6).contains("use overlay or full_copy"));
     assert!(said(7).contains("cannot reach the banger daemon"));
+    assert!(said(8).contains("not a variable name"), "{}", said(8));
 }

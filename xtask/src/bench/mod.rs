@@ -60,7 +60,14 @@ pub fn run(args: &[String]) -> anyhow::Result<i32> {
             rows.extend(disk::run(&env, &rootfs, runs)?);
         }
         if wants("workspace") {
-            workspace::run(&mut env, files)?;
+            for w in workspace::run(&mut env, files)? {
+                let row =
+                    report::Row::summarised("workspace", &w.name, w.median_s, w.spread_s, w.runs);
+                rows.push(match w.ratio {
+                    Some(r) => row.with_ratio("faster than tar | ssh", r),
+                    None => row,
+                });
+            }
         }
         Ok(rows)
     })();

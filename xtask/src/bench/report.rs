@@ -15,6 +15,9 @@ pub struct Row {
     pub samples: Vec<f64>,
     /// What the ratio compares (`cold / hand-written`, ...) and its value.
     pub ratio: Option<(String, f64)>,
+    /// Median, spread (slowest - fastest) and runs, for a row measured
+    /// elsewhere that keeps only those.
+    pub summary: Option<(f64, f64, usize)>,
 }
 
 impl Row {
@@ -25,6 +28,21 @@ impl Row {
             unit,
             samples,
             ratio: None,
+            summary: None,
+        }
+    }
+
+    /// A row given as its median, spread and number of runs.
+    pub fn summarised(
+        group: &'static str,
+        name: &str,
+        median: f64,
+        spread: f64,
+        runs: usize,
+    ) -> Self {
+        Row {
+            summary: Some((median, spread, runs)),
+            ..Row::new(group, name, "s", Vec::new())
         }
     }
 
@@ -34,7 +52,10 @@ impl Row {
     }
 
     pub fn median(&self) -> f64 {
-        median(&self.samples)
+        match self.summary {
+            Some((m, _, _)) => m,
+            None => median(&self.samples),
+        }
     }
 
     fn spread(&self) -> (f64, f64) {
@@ -72,8 +93,13 @@ pub fn print(rows: &[Row], machine: &str) {
             group = r.group;
             println!("  [{group}]");
         }
-        let (min, max) = r.spread();
-        let spread = format!("{min:.2}-{max:.2} ({})", r.samples.len());
+        let spread = match r.summary {
+            Some((_, s, n)) => format!("spread {s:.2} ({n})"),
+            None => {
+                let (min, max) = r.spread();
+                format!("{min:.2}-{max:.2} ({})", r.samples.len())
+            }
+        };
         let ratio = r
             .ratio
             .as_ref()
@@ -103,6 +129,7 @@ pub fn write_json(rows: &[Row], machine: &str, path: &Path) -> anyhow::Result<()
                 "min": min,
                 "max": max,
                 "samples": r.samples,
+                "summary": r.summary.map(|(m, s, n)| json!({"median": m, "spread": s, "runs": n})),
                 "ratio": r.ratio.as_ref().map(|(what, v)| json!({"of": what, "value": v})),
             })
         })

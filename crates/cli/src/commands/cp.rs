@@ -3,7 +3,8 @@
 //!
 //! The host side is done here, by the CLI, as the user who runs it: the
 //! files copied in are read with the user's rights, and the files copied
-//! out are written with them (owned by the user; set-id bits dropped). The
+//! out are written with them (owned by the user; set-id bits dropped; the
+//! guest's tar trusted for nothing: see [`super::untar`]). The
 //! daemon runs as root, so it never opens a host path for `vm cp`: it only
 //! moves a tar between this process and the guest, streamed both ways in
 //! bounded chunks (no size limit from memory).
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use banger_api::{client, validate_vm_name, Progress, Request};
 
+use super::untar;
 use crate::progress::ProgressLine;
 
 /// One side of `vm cp`.
@@ -156,32 +158,53 @@ pub fn copy_out(socket: &Path, vm: &str, path: &str, to: &str) -> anyhow::Result
         if !parent.is_dir() {
             bail!("{}: no such directory here", parent.display());
         }
-        let staging = parent.join(format!(".banger-cp.{}", std::process::id()));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&staging)
-            .with_context(|| format!("creating {}", staging.display()))?;
+        let staging = staging_dir(&parent)?;
         Landing::Rename { staging, dest }
     };
     let target = match &landing {
         Landing::Into(d) | Landing::Rename { staging: d, .. } => d.clone(),
     };
+    // Contents merge only into a directory that exists.
+    let contents = contents && matches!(landing, Landing::Into(_));
     let req = Request::VmCpOut {
         name: vm.to_string(),
         src: src.to_string(),
-        // Contents merge only into a directory that exists.
-        contents: contents && matches!(landing, Landing::Into(_)),
+        contents,
     };
-    let result = receive(socket, &req, &target, &format!("from {vm}:{path}"))
-        .and_then(|bytes| settle(&landing, &name).map(|placed| (placed, bytes)));
+    // The guest's tar may hold only what was asked for.
+    let top = (!contents).then_some(name.as_str());
+    let result = receive(socket, &req, &target, top, &format!("from {vm}:{path}"))
+        .and_then(|got| settle(&landing, &name).map(|placed| (placed, got)));
     if let Landing::Rename { staging, .. } = &landing {
         let _ = std::fs::remove_dir_all(staging);
     }
-    let (placed, bytes) = result?;
+    let (placed, (bytes, unpacked)) = result?;
+    let skipped = match unpacked.skipped {
+        0 => String::new(),
+        n => format!("; skipped {n} device nodes, FIFOs or unknown entries"),
+    };
     Ok(format!(
-        "copied {vm}:{path} to {} ({bytes} bytes of tar)",
+        "copied {vm}:{path} to {} ({bytes} bytes of tar{skipped})",
         placed.display()
     ))
+}
+
+/// A new 0700 directory in `parent` for a copy to land in before it is
+/// renamed into place; its name is this copy's alone (`banger mcp` runs
+/// several copies at once in one process).
+fn staging_dir(parent: &Path) -> anyhow::Result<PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let staging = parent.join(format!(".banger-cp.{}.{n}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&staging) {
+            Ok(()) => return Ok(staging),
+            // Left by an earlier process that had this pid.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", staging.display())),
+        }
+    }
 }
 
 /// Renames a staged copy into place; returns where the copy is.
@@ -206,25 +229,25 @@ fn settle(landing: &Landing, name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Streams the daemon's tar into an extraction into `dir` (its own
-/// thread, fed through a bounded channel); returns the tar's size.
-fn receive(socket: &Path, req: &Request, dir: &Path, what: &str) -> anyhow::Result<u64> {
+/// thread, fed through a bounded channel; see [`untar`] for what a guest's
+/// tar may hold, `top` the one entry asked for); returns the tar's size.
+fn receive(
+    socket: &Path,
+    req: &Request,
+    dir: &Path,
+    top: Option<&str>,
+    what: &str,
+) -> anyhow::Result<(u64, untar::Unpacked)> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
     let dir = dir.to_path_buf();
-    let unpack = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut archive = tar::Archive::new(ChannelReader {
+    let top = top.map(str::to_string);
+    let unpack = std::thread::spawn(move || {
+        let from = ChannelReader {
             rx,
             buf: Vec::new(),
             at: 0,
-        });
-        // Modes as they were, set-id bits dropped; owned by this user.
-        archive.set_preserve_permissions(false);
-        archive.set_preserve_ownerships(false);
-        archive.set_overwrite(true);
-        archive.unpack(&dir)?;
-        // Drain what the archive left unread so the sender never blocks.
-        let mut rest = archive.into_inner();
-        std::io::copy(&mut rest, &mut std::io::sink())?;
-        Ok(())
+        };
+        untar::unpack(from, &dir, top.as_deref())
     });
     let mut line = ProgressLine::new();
     let mut bytes = 0u64;
@@ -255,7 +278,7 @@ fn receive(socket: &Path, req: &Request, dir: &Path, what: &str) -> anyhow::Resu
         }
         (Err(e), _) => Err(e.into()),
         (Ok(_), Err(local)) => Err(anyhow::anyhow!("writing the copy here: {local}")),
-        (Ok(_), Ok(())) => Ok(bytes),
+        (Ok(_), Ok(unpacked)) => Ok((bytes, unpacked)),
     }
 }
 
@@ -375,21 +398,24 @@ mod tests {
             }
         });
         let out = t.path().join("out");
-        let mut a = tar::Archive::new(ChannelReader {
+        std::fs::create_dir(&out).unwrap();
+        let from = ChannelReader {
             rx,
             buf: Vec::new(),
             at: 0,
-        });
-        a.set_preserve_permissions(false);
-        a.unpack(&out).unwrap();
-        // What the archive left unread (its padding) goes, as in `receive`.
-        std::io::copy(&mut a.into_inner(), &mut std::io::sink()).unwrap();
+        };
+        // As `receive` does; the padding after the archive is read too.
+        untar::unpack(from, &out, Some("tree")).unwrap();
         feeder.join().unwrap();
         let mode = std::fs::metadata(out.join("tree/run.sh"))
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o7777, 0o751, "rwx kept, set-uid dropped");
+        assert_eq!(
+            mode & 0o7777,
+            0o751 & !untar::current_umask(),
+            "rwx kept less the umask, set-uid dropped"
+        );
         assert_eq!(
             std::fs::read_link(out.join("tree/link")).unwrap(),
             Path::new("run.sh")

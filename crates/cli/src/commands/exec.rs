@@ -108,9 +108,18 @@ pub fn quote(s: &str) -> String {
     }
 }
 
-/// Quotes each argument for the guest's shell so argv survives ssh.
+/// Quotes each argument for the guest's shell so argv survives ssh. The
+/// first is always in quotes: bare, a word such as `A=1` or `if` would be
+/// an assignment or a keyword to the shell, not the program to run.
 pub fn shell_join(args: &[String]) -> String {
-    args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+    args.iter()
+        .enumerate()
+        .map(|(i, a)| match i {
+            0 => format!("'{}'", a.replace('\'', r"'\''")),
+            _ => quote(a),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -166,6 +175,18 @@ mod tests {
         assert_eq!(code, 0, "{err}");
         assert_eq!(out, format!("{}|{evil}||a=b", weird_dir.display()));
         assert!(!canary.exists(), "a value ran as code");
+    }
+
+    #[test]
+    fn the_program_is_never_an_assignment_or_a_keyword() {
+        let opts = ExecOptions::default();
+        for first in ["FOO=bar", "if", "while", "{", "!"] {
+            let (code, out, err) = sh(&opts.remote_command(&strings(&[first, "echo", "ran"])));
+            assert_eq!(code, 127, "{first}: {out}{err}");
+            assert_eq!(out, "", "{first}");
+        }
+        let (code, out, _) = sh(&opts.remote_command(&strings(&["echo", "it's"])));
+        assert_eq!((code, out.as_str()), (0, "it's\n"));
     }
 
     #[test]

@@ -79,27 +79,7 @@ pub fn run(cmd: ImageCommand, socket: &Path) -> anyhow::Result<i32> {
                 output::print_json(&images)?;
             } else {
                 let rows: Vec<Vec<String>> = images.iter().map(row).collect();
-                output::table(
-                    &[
-                        "NAME",
-                        "VERSION",
-                        "KERNEL",
-                        "ROOTFS",
-                        "BUILT",
-                        "USED BY",
-                        "TEMPLATES",
-                        "NAME",
-                        "VERSION",
-                        "SUITE",
-                        "KERNEL",
-                        "ROOTFS",
-                        "BUILT",
-                        "WITH",
-                        "USED BY",
-                        "PATH",
-                    ],
-                    &rows,
-                );
+                output::table(&HEADERS, &rows);
             }
         }
         ImageCommand::Rm { name } => {
@@ -110,6 +90,20 @@ pub fn run(cmd: ImageCommand, socket: &Path) -> anyhow::Result<i32> {
     }
     Ok(0)
 }
+
+/// The columns of `image list`, one per cell of [`row`].
+const HEADERS: [&str; 10] = [
+    "NAME",
+    "VERSION",
+    "SUITE",
+    "KERNEL",
+    "ROOTFS",
+    "BUILT",
+    "WITH",
+    "USED BY",
+    "TEMPLATES",
+    "PATH",
+];
 
 /// One version as a row of `image list`: the current one marked, its VMs
 /// by name.
@@ -211,6 +205,7 @@ mod tests {
             from_vm: None,
         };
         let r = row(&i);
+        assert_eq!(r.len(), HEADERS.len(), "a header per cell");
         assert_eq!((r[1].as_str(), r[7].as_str()), ("2 (current)", "a,b"));
         assert_eq!(
             (r[2].as_str(), r[6].as_str()),

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod exec;
 pub mod image;
 pub mod sshconfig;
+pub mod untar;
 pub mod vm;
 pub mod vmcreate;
 pub mod workspace;

@@ -118,6 +118,10 @@ pub fn exec(socket: &Path, p: ExecParams) -> anyhow::Result<Value> {
     if p.command.is_empty() {
         bail!("command is empty; give argv such as [\"uname\", \"-a\"]");
     }
+    // Each key is a whole name: `A=B` must not turn into A with "B=...".
+    if let Some(k) = p.env.keys().find(|k| k.contains('=')) {
+        bail!("env {k:?} is not a variable name; use letters, digits and _, not starting with a digit");
+    }
     let env: Vec<String> = p.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let opts = ExecOptions::new(p.workdir, &env, p.stdin.is_some(), false, |_| None)?;
     let timeout = Duration::from_secs(p.timeout_secs.unwrap_or(600).clamp(1, 3600));

@@ -31,6 +31,23 @@ pub fn virtual_size(path: &Path) -> u64 {
     }
 }
 
+/// Whether a qcow2 file's header has it keep its data in an external file
+/// (qcow2 v3, incompatible feature bit 2), which banger never makes: a
+/// header that names one (written by a VMM a guest took over) would have
+/// every later reader of the image, root's `qemu-img` included, open and
+/// read that file. Unreadable or not qcow2: false.
+pub fn external_data_file(path: &Path) -> bool {
+    let mut h = [0u8; 80];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut h));
+    if read.is_err() || &h[..4] != QCOW2_MAGIC {
+        return false;
+    }
+    let version = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    // Bytes 72..80 (version 3 on): the incompatible features.
+    let incompatible = u64::from_be_bytes([h[72], h[73], h[74], h[75], h[76], h[77], h[78], h[79]]);
+    version >= 3 && incompatible & (1 << 2) != 0
+}
+
 fn header(path: &Path) -> Option<[u8; 32]> {
     let mut h = [0u8; 32];
     std::fs::File::open(path).ok()?.read_exact(&mut h).ok()?;

@@ -78,12 +78,29 @@ fn layer(
         let name = format!("layer{}.qcow2", n + 1);
         let dest = out.dir.join(&name);
         copy(template, &dest)?;
+        plain_qcow2(&dest, template)?;
         rebase_header(&dest, &out.dir, &below)?;
         below = name;
     }
     let top = out.dir.join("rootfs.qcow2");
     copy(disk, &top)?;
+    plain_qcow2(&top, disk)?;
     rebase_header(&top, &out.dir, &below)
+}
+
+/// Refuses a copied layer (`copy`, of `from`) whose header keeps its data
+/// in an external file: banger never makes one, the VM's disk is its VMM's
+/// to write, and root's `qemu-img` (this rebase, a later raw conversion)
+/// would open and read whatever file it names. The copy is checked, not
+/// the VM's file, so nothing can change it in between.
+fn plain_qcow2(copy: &Path, from: &Path) -> Result<(), ImageError> {
+    if probe::external_data_file(copy) {
+        return Err(ImageError::Invalid(format!(
+            "{}: its qcow2 header names an external data file, which banger never makes (its VMM may have been taken over); no image is made from it",
+            from.display()
+        )));
+    }
+    Ok(())
 }
 
 /// `qemu-img rebase -u`: `top` (qcow2) names `below` (in `dir`) as its
@@ -281,6 +298,54 @@ mod tests {
         assert!(io(&top, "read -P 0x6b 1M 64k").contains("read 65536/65536"));
         assert!(io(&top, "read -P 0 2M 64k").contains("read 65536/65536"));
         assert_eq!(probe::virtual_size(&top), 16 << 20);
+    }
+
+    #[test]
+    fn a_disk_whose_header_names_a_data_file_is_refused() {
+        if !have("qemu-img") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let v1 = built(&t.path().join("default/1"));
+        // A host file the daemon can read and a VMM should never see.
+        let secret = t.path().join("secret");
+        std::fs::write(&secret, "host secret").unwrap();
+        std::fs::File::options()
+            .append(true)
+            .open(&secret)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        // The disk as a VMM that a guest took over could rewrite it.
+        let disk = t.path().join("root.qcow2");
+        let opt = format!("data_file={}", secret.display());
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &opt,
+            disk.to_str().unwrap(),
+            "16M",
+        ]);
+        assert!(probe::external_data_file(&disk));
+        let out = ImagePaths::new(t.path().join("mine/1"));
+        std::fs::create_dir_all(&out.dir).unwrap();
+        let src = Source {
+            parent: &v1,
+            disk: &disk,
+            template_disk: None,
+            strategy: Strategy::Qcow2,
+            manifest: manifest(),
+        };
+        let e = populate(&out, &src).unwrap_err().to_string();
+        assert!(e.contains("external data file"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert!(!out.exists(), "no version is made");
+        // An ordinary layer is not taken for one.
+        let plain = vm_disk(t.path(), &v1.rootfs(), "0x5a", 0);
+        assert!(!probe::external_data_file(&plain));
     }
 
     #[test]

@@ -58,19 +58,38 @@ impl VmService {
     /// logged and tried again at the next call. Returns the names deleted.
     pub async fn expire_due(self: &Arc<Self>) -> Vec<String> {
         let now = self.host.clock.now();
-        let due: Vec<String> = match self.store.list_vms() {
+        let due = self.due(now);
+        self.expire(due, now).await
+    }
+
+    /// The VMs whose deadline is `now` or earlier.
+    pub(super) fn due(&self, now: i64) -> Vec<Due> {
+        match self.store.list_vms() {
             Ok(vms) => vms
                 .into_iter()
                 .filter(|v| v.expires_at.is_some_and(|t| t <= now))
-                .map(|v| v.name)
+                .map(|v| Due {
+                    name: v.name,
+                    created_at: v.created_at,
+                })
                 .collect(),
             Err(e) => {
                 tracing::warn!("listing VMs for expiry: {e}");
-                return Vec::new();
+                Vec::new()
             }
-        };
+        }
+    }
+
+    /// Deletes the VMs of `due`, one after the other. Each is looked up
+    /// again just before: while earlier ones were deleted, its owner may
+    /// have deleted it and made a new VM of the same name, which is not due.
+    pub(super) async fn expire(self: &Arc<Self>, due: Vec<Due>, now: i64) -> Vec<String> {
         let mut deleted = Vec::new();
-        for name in due {
+        for vm in due {
+            if !self.still_due(&vm, now) {
+                continue;
+            }
+            let name = vm.name;
             tracing::info!(vm = %name, "lifetime ended; deleting");
             match self.delete(Caller::ROOT, &name, true, None).await {
                 Ok(()) => deleted.push(name),
@@ -79,6 +98,22 @@ impl VmService {
         }
         deleted
     }
+
+    /// `vm` is still the VM that was listed, and still past its deadline.
+    fn still_due(&self, vm: &Due, now: i64) -> bool {
+        matches!(
+            self.store.get_vm(&vm.name),
+            Ok(Some(v)) if v.created_at == vm.created_at && v.expires_at.is_some_and(|t| t <= now)
+        )
+    }
+}
+
+/// A VM found past its deadline: its name, and when it was made (a VM made
+/// later under the same name is another VM).
+#[derive(Debug, Clone)]
+pub(super) struct Due {
+    pub name: String,
+    pub created_at: i64,
 }
 
 fn fmt(secs: u64) -> String {

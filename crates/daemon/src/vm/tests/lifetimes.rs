@@ -89,6 +89,31 @@ async fn set_ttl_moves_or_clears_a_deadline_for_the_vms_owner_only() {
     assert!(bed.leaks().is_empty(), "{:?}", bed.leaks());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_made_again_under_a_due_name_is_not_deleted_with_the_old_one() {
+    let bed = Arc::new(Bed::new());
+    let svc = bed.daemon();
+    let mut s = spec("work", false);
+    s.ttl_secs = Some(5);
+    svc.create_with(s, ALICE, None).await.expect("create");
+    bed.world.advance_clock(6);
+    let now = svc.host.clock.now();
+    let due = svc.due(now);
+    assert_eq!(due.len(), 1);
+    // While housekeeping deletes other VMs first, the owner deletes "work"
+    // and makes a new one, with a lifetime of its own or none.
+    svc.delete(ALICE, "work", true, None).await.expect("delete");
+    svc.create_with(spec("work", false), ALICE, None)
+        .await
+        .expect("create again");
+    assert!(
+        svc.expire(due, now).await.is_empty(),
+        "the new VM is not due"
+    );
+    assert!(bed.vm_names().contains("work"));
+    assert!(bed.leaks().is_empty(), "{:?}", bed.leaks());
+}
+
 fn with_repo(name: &str, repo: &std::path::Path) -> banger_api::VmSpec {
     let mut s = spec(name, false);
     s.workspace = Some(WorkspaceSpec {
