@@ -29,6 +29,7 @@
 //! had, notes, and on failure the VMs' consoles and the daemon log) is
 //! printed in one piece when it ends.
 
+mod disks;
 mod env;
 mod everyday;
 mod files;

@@ -135,6 +135,11 @@ pub const ALL: &[Scenario] = &[
         super::wsexport::exact_in_both_modes,
     )
     .vms(&[&super::wsexport::OVERLAY, &super::wsexport::FULL]),
+    Scenario::together(
+        "a VM on the copy disk strategy boots, keeps its data, leaves nothing",
+        super::disks::copy_strategy,
+    )
+    .makes(&[super::disks::COPY]),
     // Its tap must be gone, and a VM made meanwhile could take its slot.
     Scenario::last("vm delete leaves nothing behind", delete).vms(&[&DEL]),
 ];
@@ -1011,7 +1016,7 @@ mod tests {
     use super::*;
 
     /// The names CI and people know; a scenario is never renamed.
-    const NAMES: [&str; 37] = [
+    const NAMES: [&str; 38] = [
         "daemon up",
         "image build",
         "bad input is refused without side effects",
@@ -1048,6 +1053,7 @@ mod tests {
         "vm exec -w/-e/-i/-t, quoted safely",
         "banger mcp: the official MCP Python SDK creates, runs, exports, deletes",
         "workspace export is exact after every kind of change, overlay and full_copy",
+        "a VM on the copy disk strategy boots, keeps its data, leaves nothing",
         "vm delete leaves nothing behind",
     ];
 

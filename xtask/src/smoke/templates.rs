@@ -40,10 +40,11 @@ fn ensure_template(env: &Env) -> anyhow::Result<Option<Duration>> {
     if env.banger(&["vm", "show", SEED]).status.success() {
         env.ok(&["vm", "delete", "-f", SEED])?;
     }
-    let cold = env.create_timed(SEED, &["--cold"])?;
+    // No template yet: this create boots cold and starts the build.
+    let cold = env.create_timed(SEED, &[])?;
     note(format!("cold create-to-SSH: {:.1}s", cold.as_secs_f64()));
     let v = env.vm_json(SEED)?;
-    ensure!(v["template"].is_null(), "--cold restored: {v}");
+    ensure!(v["template"].is_null(), "restored without a template: {v}");
     let shown = env.ok(&["vm", "show", SEED])?;
     ensure!(
         shown.contains("cold"),

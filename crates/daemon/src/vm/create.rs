@@ -87,7 +87,8 @@ impl VmService {
         };
         match made {
             Ok(vm) => {
-                if vm.template.is_none() {
+                // `--cold` asks for a cold boot only: no background build.
+                if vm.template.is_none() && !spec.cold {
                     self.want_template(&vm, backend);
                 }
                 Ok(vm.info())
