@@ -29,24 +29,69 @@ impl CowDisk for SparseCopy {
             .create_new(true)
             .open(dest)
             .map_err(|e| DiskError::io(dest, e))?;
+        let len = src.metadata().map_err(|e| DiskError::io(base, e))?.len();
         let mut buf = vec![0u8; 1 << 20];
-        let mut offset = 0u64;
-        loop {
-            let n = src.read(&mut buf).map_err(|e| DiskError::io(base, e))?;
-            if n == 0 {
-                break;
+        // Only the base's data extents are read (its holes stay holes,
+        // unread); within them, zero blocks become holes too.
+        for (start, end) in data_extents(&src, len).map_err(|e| DiskError::io(base, e))? {
+            src.seek(SeekFrom::Start(start))
+                .map_err(|e| DiskError::io(base, e))?;
+            let mut offset = start;
+            while offset < end {
+                let want = usize::try_from(end - offset)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                let n = src
+                    .read(&mut buf[..want])
+                    .map_err(|e| DiskError::io(base, e))?;
+                if n == 0 {
+                    break;
+                }
+                if buf[..n].iter().any(|b| *b != 0) {
+                    dst.seek(SeekFrom::Start(offset))
+                        .and_then(|_| dst.write_all(&buf[..n]))
+                        .map_err(|e| DiskError::io(dest, e))?;
+                }
+                offset += n as u64;
             }
-            // Zero blocks become holes.
-            if buf[..n].iter().any(|b| *b != 0) {
-                dst.seek(SeekFrom::Start(offset))
-                    .and_then(|_| dst.write_all(&buf[..n]))
-                    .map_err(|e| DiskError::io(dest, e))?;
-            }
-            offset += n as u64;
         }
-        let size = (u64::from(size_gib) << 30).max(offset);
+        let size = (u64::from(size_gib) << 30).max(len);
         dst.set_len(size).map_err(|e| DiskError::io(dest, e))
     }
+}
+
+/// The `(start, end)` ranges of `file` (of length `len`) that hold data,
+/// by `SEEK_DATA`/`SEEK_HOLE`; the whole file where the filesystem cannot
+/// say.
+fn data_extents(file: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let seek = |offset: u64, whence: i32| -> std::io::Result<Option<u64>> {
+        let off = libc::off_t::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        // SAFETY: lseek on an open descriptor has no memory effects.
+        let r = unsafe { libc::lseek(fd, off, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            e => Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let start = match seek(at, libc::SEEK_DATA) {
+            Ok(Some(s)) => s,
+            Ok(None) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(vec![(0, len)]),
+            Err(e) => return Err(e),
+        };
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        out.push((start, end));
+        at = end;
+    }
+    Ok(out)
 }
 
 /// A raw copy of a layered image (one made from a VM): `qemu-img convert`
