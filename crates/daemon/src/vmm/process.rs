@@ -140,6 +140,15 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
+        // Until it has run `exec`, the child still shows this test's
+        // command line.
+        let start = std::time::Instant::now();
+        while !std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("banger-vm=dev"))
+            && start.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let found = [
             tagged_under("banger-vm=dev", false, &mine),
             tagged_under("banger-vm=dev", false, &theirs),
