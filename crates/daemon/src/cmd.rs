@@ -56,6 +56,29 @@ pub fn output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<Output, CmdE
     Ok(out)
 }
 
+/// True when `command` exits 0 within `timeout`; killed (and reaped)
+/// otherwise. For probes that may hang, such as booting a test guest.
+pub fn succeeds_within(command: &mut Command, timeout: std::time::Duration) -> bool {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
 /// Runs and reports only whether it exited zero (for probes like `ip link show`).
 pub fn succeeds<S: AsRef<OsStr>>(program: &str, args: &[S]) -> bool {
     Command::new(program)

@@ -3,8 +3,8 @@
 //! check boots the guest kernel for real, with a timeout.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// `--accel` as the user gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,29 +33,13 @@ pub fn kvm_boots_guest(kernel: &Path, timeout: Duration) -> bool {
     if !Path::new("/dev/kvm").exists() {
         return false;
     }
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "kvm", "-M", "q35", "-m", "256", "-nodefaults"])
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "kvm", "-M", "q35", "-m", "256", "-nodefaults"])
         .args(["-display", "none", "-no-reboot", "-serial", "none"])
         .arg("-kernel")
         .arg(kernel)
-        .args(["-append", "panic=-1 console=ttyS0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
-        return false;
-    };
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.success();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    false
+        .args(["-append", "panic=-1 console=ttyS0"]);
+    crate::cmd::succeeds_within(&mut qemu, timeout)
 }
 
 /// The running kernel's release: a probe's verdict holds until it changes.

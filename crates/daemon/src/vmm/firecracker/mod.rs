@@ -27,9 +27,7 @@ use crate::cmd;
 use crate::layout::Layout;
 use crate::workspace::{DRIVE_ID, DRIVE_SERIAL, IMPORT_ID, IMPORT_SERIAL};
 use jail::Jail;
-use proc::{
-    has_instance_id, is_executable, kvm_group, no_binary, run_with_timeout, tempdir_in, Started,
-};
+use proc::{has_instance_id, is_executable, kvm_group, no_binary, tempdir_in, Started};
 
 /// `--firecracker-bin` and `--jailer-bin`.
 #[derive(Debug, Clone, Default)]
@@ -267,7 +265,7 @@ impl Firecracker {
         });
         let file = dir.join("probe.json");
         let ok = std::fs::write(&file, config.to_string()).is_ok()
-            && run_with_timeout(
+            && crate::cmd::succeeds_within(
                 Command::new(bin)
                     .args(["--no-api", "--id", "banger-kvm-probe", "--config-file"])
                     .arg(&file),

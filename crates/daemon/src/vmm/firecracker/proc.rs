@@ -3,7 +3,7 @@
 //! the small host checks the backend makes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::jail::Jail;
@@ -117,28 +117,6 @@ pub(super) fn tempdir_in(parent: &Path) -> std::io::Result<PathBuf> {
     let dir = parent.join(format!(".fc-probe-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-/// True when `command` exits 0 within `timeout`; killed otherwise.
-pub(super) fn run_with_timeout(command: &mut Command, timeout: Duration) -> bool {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
-        return false;
-    };
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.success();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    false
 }
 
 /// True when `pid`'s command line has `--id ID`.
