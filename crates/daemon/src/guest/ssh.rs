@@ -216,23 +216,10 @@ pub async fn exec_stream(
 ) -> Result<(std::process::ExitStatus, Vec<u8>), GuestError> {
     use tokio::io::AsyncReadExt;
     let mut child = spawn(layout, ip, command, stdin).await?;
-    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+    let (Some(mut stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(GuestError::Failed("ssh without pipes".into()));
     };
-    let errors = tokio::spawn(async move {
-        let mut kept = Vec::new();
-        let mut buf = vec![0u8; 8192];
-        while let Ok(n) = stderr.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            kept.extend_from_slice(&buf[..n]);
-            if kept.len() > STDERR_KEEP {
-                kept.drain(..kept.len() - STDERR_KEEP);
-            }
-        }
-        kept
-    });
+    let errors = tokio::spawn(stderr_tail(stderr));
     let mut buf = vec![0u8; chunk];
     loop {
         let n = stdout
@@ -283,26 +270,12 @@ pub async fn exec_feed(
         }
         // Dropping the pipe closes the command's stdin.
     });
-    let keep = |mut from: tokio::process::ChildStderr| async move {
-        let mut kept = Vec::new();
-        let mut buf = vec![0u8; 8192];
-        while let Ok(n) = from.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            kept.extend_from_slice(&buf[..n]);
-            if kept.len() > STDERR_KEEP {
-                kept.drain(..kept.len() - STDERR_KEEP);
-            }
-        }
-        kept
-    };
     let out = async {
         let mut kept = Vec::new();
         let _ = stdout.take(STDOUT_CAP as u64).read_to_end(&mut kept).await;
         kept
     };
-    let (stdout, stderr, status) = tokio::join!(out, keep(stderr), child.wait());
+    let (stdout, stderr, status) = tokio::join!(out, stderr_tail(stderr), child.wait());
     feed.abort();
     let status = status.map_err(|e| GuestError::Failed(format!("waiting for ssh: {e}")))?;
     Ok(std::process::Output {
@@ -310,6 +283,23 @@ pub async fn exec_feed(
         stdout,
         stderr,
     })
+}
+
+/// Reads `from` to its end, keeping the last [`STDERR_KEEP`] bytes.
+async fn stderr_tail(mut from: tokio::process::ChildStderr) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > STDERR_KEEP {
+            kept.drain(..kept.len() - STDERR_KEEP);
+        }
+    }
+    kept
 }
 
 /// Writes the `Host *.vm` block that `ssh-config` prints and installs.
