@@ -137,8 +137,11 @@ ws="${BANGER_WS:-/var/lib/banger/workspace}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 tmp="$work/index"
+# The copy keeps the index's mtime (`cp -p`): git re-reads files changed in
+# or after the second the index was written ("racily clean"); a copy dated
+# now would hide a same-size edit made in that second from the full scan.
 scratch_index() {
-    if [ -f .git/index ]; then cp .git/index "$tmp"; else rm -f "$tmp"; fi
+    if [ -f .git/index ]; then cp -p .git/index "$tmp"; else rm -f "$tmp"; fi
 }
 scratch_index
 export GIT_INDEX_FILE="$tmp"
