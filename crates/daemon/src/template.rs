@@ -43,7 +43,7 @@ const BUILDING: &str = ".building-";
 
 /// Bumped when the way a template is made, or the way a restored VM takes
 /// its identity, changes: templates of another format are rebuilt.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// What a template is of: VMs of this shape can be restored from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,13 +22,25 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The variables of `identity.env`, as `banger-guest-init` names them.
+    pub fn vars(&self) -> [(&'static str, String); 6] {
+        [
+            ("BANGER_HOSTNAME", self.hostname.clone()),
+            ("BANGER_IP", self.ip.clone()),
+            ("BANGER_MAC", self.mac.clone()),
+            ("BANGER_PREFIX", self.prefix.to_string()),
+            ("BANGER_GATEWAY", self.gateway.clone()),
+            ("BANGER_DNS", self.dns.clone()),
+        ]
+    }
+
     /// The shell-sourced environment file. Every value is a validated name
     /// or an address, so none needs quoting; each is quoted anyway.
     fn env_file(&self) -> String {
-        format!(
-            "BANGER_HOSTNAME='{}'\nBANGER_IP='{}'\nBANGER_MAC='{}'\nBANGER_PREFIX='{}'\nBANGER_GATEWAY='{}'\nBANGER_DNS='{}'\n",
-            self.hostname, self.ip, self.mac, self.prefix, self.gateway, self.dns
-        )
+        self.vars()
+            .iter()
+            .map(|(k, v)| format!("{k}='{v}'\n"))
+            .collect()
     }
 }
 
@@ -91,6 +103,11 @@ mod tests {
             host_key_public: "ssh-ed25519 AAAA host".into(),
         };
         build(&identity, &dest).unwrap();
+        assert_eq!(
+            identity.env_file(),
+            "BANGER_HOSTNAME='dev'\nBANGER_IP='10.0.0.2'\nBANGER_MAC='02:00:00:00:00:01'\n\
+             BANGER_PREFIX='24'\nBANGER_GATEWAY='10.0.0.1'\nBANGER_DNS='10.0.0.1'\n"
+        );
         let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(

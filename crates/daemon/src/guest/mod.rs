@@ -1,7 +1,9 @@
 //! Reaching guests: SSH keys and pinned host keys, readiness, the per-VM
-//! config drive that carries the VM's identity.
+//! config drive that carries the VM's identity, and what a VM restored from
+//! a template is told instead.
 
 pub mod configdrive;
+pub mod restore;
 pub mod ssh;
 
 /// See [`crate::hosterror::HostError`].

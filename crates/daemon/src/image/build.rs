@@ -113,6 +113,7 @@ fn build_into(
         suite: spec.suite.clone(),
         built_at: crate::store::now(),
         guest_agent: true,
+        restore_protocol: crate::guest::restore::PROTOCOL,
         includes: spec.includes.clone(),
         script_sha256,
         from_vm: None,

@@ -279,6 +279,7 @@ pub(crate) fn fake_build(tag: &str) -> impl FnOnce(&ImagePaths) -> Result<(), Im
             suite: "bookworm".into(),
             built_at: 1_700_000_000,
             guest_agent: true,
+            restore_protocol: crate::guest::restore::PROTOCOL,
             includes: Vec::new(),
             script_sha256: None,
             from_vm: None,

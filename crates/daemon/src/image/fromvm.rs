@@ -247,6 +247,7 @@ mod tests {
             suite: "bookworm".into(),
             built_at: 1,
             guest_agent: false,
+            restore_protocol: 0,
             includes: Vec::new(),
             script_sha256: None,
             from_vm: Some("dev (default v1)".into()),

@@ -23,6 +23,12 @@ pub struct Manifest {
     /// templates of it. Images built before templates have not.
     #[serde(default)]
     pub guest_agent: bool,
+    /// How its `banger-guest-init --restored` is told a restored VM's
+    /// identity ([`crate::guest::restore::PROTOCOL`]); 0 for images built
+    /// before the protocol had a number. Templates are made only of images
+    /// that speak the daemon's protocol; the others boot cold.
+    #[serde(default)]
+    pub restore_protocol: u32,
     /// Packages beyond the base set.
     #[serde(default)]
     pub includes: Vec<String>,

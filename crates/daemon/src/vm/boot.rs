@@ -10,6 +10,7 @@ use banger_api::VmState;
 use super::error::{Context, VmError};
 use super::record::VmRecord;
 use super::service::{blocking, VmService, R};
+use crate::guest::configdrive::Identity;
 use crate::hostnat;
 use crate::layout::ensure_dir;
 use crate::opstate::Op;
@@ -20,6 +21,14 @@ use crate::vmm::{BootDrives, DiskFormat, Drive, LaunchSpec};
 pub(super) const CONFIG_SERIAL: &str = "banger-config";
 pub(super) const ROOT_SERIAL: &str = "banger-root";
 
+/// What a VM restored from a template starts from.
+pub(super) struct Restore {
+    /// The template's saved state (`Template::state`).
+    pub state: std::path::PathBuf,
+    /// The VM's own identity, which it takes once running.
+    pub identity: Identity,
+}
+
 /// How long one readiness probe (`ssh true`) may take.
 const READY_PROBE_DEADLINE: Duration = Duration::from_secs(15);
 
@@ -29,16 +38,16 @@ impl VmService {
         self.boot_from(op, vm, pct, None).await
     }
 
-    /// Boots `vm`, or restores it from a template's saved `state` and
-    /// gives it its identity; then waits for SSH.
+    /// Boots `vm`, or restores it from a template (`restore`) and gives it
+    /// its identity; then waits for SSH.
     pub(super) async fn boot_from(
         self: &Arc<Self>,
         op: &Op,
         mut vm: VmRecord,
         pct: u8,
-        state: Option<std::path::PathBuf>,
+        restore: Option<Restore>,
     ) -> R<VmRecord> {
-        match self.boot_inner(op, &mut vm, pct, state).await {
+        match self.boot_inner(op, &mut vm, pct, restore).await {
             Ok(()) => Ok(vm),
             Err(e) => {
                 self.abort_boot(&mut vm, &e).await;
@@ -66,7 +75,7 @@ impl VmService {
         op: &Op,
         vm: &mut VmRecord,
         pct: u8,
-        state: Option<std::path::PathBuf>,
+        restore: Option<Restore>,
     ) -> R<()> {
         let l = self.layout().clone();
         let image = vm.image_files(&l);
@@ -135,34 +144,35 @@ impl VmService {
             template: false,
             restore_from: None,
         };
-        if let Some(state) = &state {
-            self.seed_console(vm, state)?;
+        if let Some(r) = &restore {
+            self.seed_console(vm, &r.state)?;
         }
         if let Some((uid, gid)) = run_as {
             self.hand_over_to_vmm(&spec, uid, gid).await?;
         }
         let b = backend.clone();
-        let restoring = state.is_some();
         let started = Instant::now();
-        let handle = match state {
+        let (handle, identity) = match restore {
             None => {
                 let how = format!("starting {} ({})", vm.name, backend.name());
                 op.phase("boot", &how, pct + 10);
-                blocking(move || b.launch(&spec))
-                    .await
-                    .map_err(VmError::from)
+                let launched = blocking(move || b.launch(&spec)).await;
+                (launched.map_err(VmError::from), None)
             }
-            Some(state) => {
+            Some(Restore { state, identity }) => {
                 let how = format!("restoring {} from its template", vm.name);
                 op.phase("restore", &how, pct + 10);
                 let restored = blocking(move || b.restore(&spec, &state)).await;
-                self.blame_template(vm, restored.map_err(VmError::from))
+                (
+                    self.blame_template(vm, restored.map_err(VmError::from)),
+                    Some(identity),
+                )
             }
-        }
-        .context(|| format!("booting {}", vm.name))?;
+        };
+        let handle = handle.context(|| format!("booting {}", vm.name))?;
         self.transition(vm, VmState::Running, Some(handle), None)?;
         let mut steps = Vec::new();
-        if restoring {
+        if let Some(identity) = identity {
             steps.push(format!("restore {:.1}s", started.elapsed().as_secs_f64()));
             op.phase(
                 "identity",
@@ -170,8 +180,8 @@ impl VmService {
                 pct + 15,
             );
             let t = Instant::now();
-            let identity = self.reidentify(vm, backend.clone()).await;
-            self.blame_template(vm, identity)?;
+            let taken = self.reidentify(vm, backend.clone(), &identity).await;
+            self.blame_template(vm, taken)?;
             steps.push(format!("identity {:.1}s", t.elapsed().as_secs_f64()));
         }
         op.phase("ssh", &format!("waiting for SSH on {}", vm.ip), pct + 20);

@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use banger_api::{VmInfo, VmSpec};
 
+use super::boot::Restore;
 use super::caller::Caller;
 use super::error::{Context, VmError};
 use super::record::VmRecord;
 use super::service::{blocking, VmService, R};
 use crate::disk;
-use crate::guest::{configdrive, ssh};
+use crate::guest::configdrive::Identity;
+use crate::guest::ssh;
 use crate::layout::ensure_dir;
 use crate::opstate::{Op, Sink};
 use crate::pathio::FromPathIo;
@@ -79,8 +81,8 @@ impl VmService {
             40,
         );
         let made = match self.provision(&vm, spec.authorized_keys.clone()).await {
-            Ok(()) => match &template {
-                Some(t) => self.restore_or_boot_cold(op, vm.clone(), t).await,
+            Ok(identity) => match &template {
+                Some(t) => self.restore_or_boot_cold(op, vm.clone(), t, identity).await,
                 None => self.boot(op, vm.clone(), 50).await,
             },
             Err(e) => Err(e),
@@ -130,14 +132,15 @@ impl VmService {
         Ok(())
     }
 
-    /// Per-VM files: host key (pinned), config drive, root disk.
-    async fn provision(self: &Arc<Self>, vm: &VmRecord, keys: Vec<String>) -> R<()> {
+    /// Per-VM files: host key (pinned), config drive, root disk. Returns
+    /// the identity the config drive holds.
+    async fn provision(self: &Arc<Self>, vm: &VmRecord, keys: Vec<String>) -> R<Identity> {
         let this = self.clone();
         let vm = vm.clone();
         blocking(move || this.provision_blocking(&vm, &keys)).await
     }
 
-    fn provision_blocking(&self, vm: &VmRecord, keys: &[String]) -> R<()> {
+    fn provision_blocking(&self, vm: &VmRecord, keys: &[String]) -> R<Identity> {
         let l = self.layout();
         let dir = l.vm_dir(&vm.name);
         // The VMM's uid reaches the files handed to it by name only.
@@ -151,7 +154,7 @@ impl VmService {
             std::fs::read_to_string(&p).map_err(|e| VmError::Host(FromPathIo::io(&p, e)))
         };
         let host_pub = read(ssh::pub_path(&host_key))?;
-        let identity = configdrive::Identity {
+        let identity = Identity {
             hostname: vm.name.clone(),
             ip: vm.ip.clone(),
             mac: vm.mac.clone(),
@@ -180,7 +183,7 @@ impl VmService {
                 .context(|| format!("creating the root disk of {}", vm.name))?;
         }
         ssh::pin_host_key(l, &vm.name, &vm.ip, &host_pub)?;
-        Ok(())
+        Ok(identity)
     }
 
     /// Restores `vm` from template `t`; if that fails, boots the VM cold on
@@ -192,8 +195,13 @@ impl VmService {
         op: &Op,
         vm: VmRecord,
         t: &crate::template::Template,
+        identity: Identity,
     ) -> R<VmRecord> {
-        let e = match self.boot_from(op, vm.clone(), 50, Some(t.state())).await {
+        let restore = Restore {
+            state: t.state(),
+            identity,
+        };
+        let e = match self.boot_from(op, vm.clone(), 50, Some(restore)).await {
             Ok(vm) => return Ok(vm),
             Err(e @ VmError::Cancelled(_)) => return Err(e),
             Err(e) => e,

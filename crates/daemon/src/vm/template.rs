@@ -12,15 +12,14 @@ use super::error::{Context, VmError};
 use super::record::VmRecord;
 use super::service::{blocking, VmService, R};
 use crate::disk::Strategy;
-use crate::guest::{configdrive, ssh};
+use crate::guest::configdrive::{self, Identity};
+use crate::guest::{restore, ssh};
 use crate::image::Manifest;
 use crate::layout::ensure_dir;
 use crate::pathio::FromPathIo;
 use crate::template::{self, Maker, Shape, Template};
+use crate::vmm::qga::AgentRun;
 use crate::vmm::{BootDrives, DiskFormat, Drive, LaunchSpec, Vmm};
-
-/// The program in the guest that applies a VM's identity.
-const GUEST_INIT: &str = "/usr/local/sbin/banger-guest-init";
 
 /// How long a restored guest may take to apply its identity.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,7 +43,8 @@ impl VmService {
             && backend.capabilities().snapshots
             // The restored disk is made over the template's disk.
             && template::strategy_allowed(vm.disk)
-            && Manifest::read(&image).is_some_and(|m| m.guest_agent);
+            && Manifest::read(&image)
+                .is_some_and(|m| m.guest_agent && m.restore_protocol == restore::PROTOCOL);
         ok.then(|| Shape {
             image: vm.image.clone(),
             image_version: vm.image_version,
@@ -274,13 +274,8 @@ impl VmService {
                     "the template VM stopped while booting ({last})"
                 )));
             }
-            let args = ["is-active", "--quiet", "ssh.service"].map(String::from);
-            match backend.agent_exec(
-                &spec.control_socket,
-                "/bin/systemctl",
-                &args,
-                Duration::from_secs(10),
-            ) {
+            let probe = AgentRun::new("/bin/systemctl", &["is-active", "--quiet", "ssh.service"]);
+            match backend.agent_exec(&spec.control_socket, &probe, Duration::from_secs(10)) {
                 Ok(out) if out.code == 0 => break,
                 Ok(out) => last = format!("ssh.service not active yet ({})", out.code),
                 Err(e) => last = e.to_string(),
@@ -303,12 +298,14 @@ impl VmService {
         (base != 0).then_some((base, base))
     }
 
-    /// Gives a VM restored from a template its own identity (through the
+    /// Gives a VM restored from a template its own `identity` (through the
     /// guest agent): time, RNG, machine-id, network, hostname, keys.
-    pub(super) async fn reidentify(&self, vm: &VmRecord, backend: Arc<dyn Vmm>) -> R<()> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+    pub(super) async fn reidentify(
+        &self,
+        vm: &VmRecord,
+        backend: Arc<dyn Vmm>,
+        identity: &Identity,
+    ) -> R<()> {
         let mut seed = [0u8; 32];
         {
             use std::io::Read;
@@ -318,13 +315,9 @@ impl VmService {
                     VmError::Host(FromPathIo::io(std::path::Path::new("/dev/urandom"), e))
                 })?;
         }
-        let args = vec![
-            "--restored".to_string(),
-            format!("{}.{:09}", now.as_secs(), now.subsec_nanos()),
-            seed.iter().map(|b| format!("{b:02x}")).collect(),
-        ];
+        let run = restore::identity_run(identity, std::time::SystemTime::now(), &seed);
         let ctl = self.layout().vm_control_socket(&vm.name);
-        let out = blocking(move || backend.agent_exec(&ctl, GUEST_INIT, &args, IDENTITY_TIMEOUT))
+        let out = blocking(move || backend.agent_exec(&ctl, &run, IDENTITY_TIMEOUT))
             .await
             .context(|| format!("giving {} its identity", vm.name))?;
         if out.code != 0 {

@@ -223,8 +223,7 @@ pub trait Vmm: Send + Sync {
     fn agent_exec(
         &self,
         _control_socket: &Path,
-        _path: &str,
-        _args: &[String],
+        _run: &qga::AgentRun,
         _timeout: Duration,
     ) -> Result<qga::AgentOutput, VmmError> {
         Err(self.not_supported("reach a guest agent"))

@@ -462,11 +462,10 @@ impl Vmm for Qemu {
     fn agent_exec(
         &self,
         control_socket: &Path,
-        path: &str,
-        args: &[String],
+        run: &qga::AgentRun,
         timeout: Duration,
     ) -> Result<qga::AgentOutput, VmmError> {
-        qga::exec(&agent_socket(control_socket), path, args, timeout)
+        qga::exec(&agent_socket(control_socket), run, timeout)
     }
 
     fn detach_drive(&self, control_socket: &Path, id: &str) -> Result<(), VmmError> {

@@ -24,21 +24,45 @@ pub struct AgentOutput {
     pub stderr: String,
 }
 
-/// Runs `path` with `args` in the guest and waits (until `timeout`) for it
-/// to exit.
-pub fn exec(
-    socket: &Path,
-    path: &str,
-    args: &[String],
-    timeout: Duration,
-) -> Result<AgentOutput, VmmError> {
+/// A program to run in the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentRun {
+    pub path: String,
+    /// Visible to every guest user (`/proc/PID/cmdline`): nothing secret.
+    pub args: Vec<String>,
+    /// `NAME=VALUE`, the program's whole environment; empty: the agent's.
+    pub env: Vec<String>,
+    /// Written to the program's standard input (readable by root only on
+    /// the way: the place for secrets).
+    pub stdin: Vec<u8>,
+}
+
+impl AgentRun {
+    /// `path` with `args`, the agent's environment, no input.
+    pub fn new(path: &str, args: &[&str]) -> Self {
+        AgentRun {
+            path: path.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..AgentRun::default()
+        }
+    }
+}
+
+/// Runs `run` in the guest and waits (until `timeout`) for it to exit.
+pub fn exec(socket: &Path, run: &AgentRun, timeout: Duration) -> Result<AgentOutput, VmmError> {
     let deadline = Instant::now() + timeout;
     let mut agent = Agent::connect(socket, deadline)?;
     agent.sync()?;
-    let started = agent.call(
-        "guest-exec",
-        json!({"path": path, "arg": args, "capture-output": true}),
-    )?;
+    let mut request = json!({"path": run.path, "arg": run.args, "capture-output": true});
+    if !run.env.is_empty() {
+        request["env"] = json!(run.env);
+    }
+    if !run.stdin.is_empty() {
+        request["input-data"] = base64::engine::general_purpose::STANDARD
+            .encode(&run.stdin)
+            .into();
+    }
+    let started = agent.call("guest-exec", request)?;
     let pid = started["pid"]
         .as_i64()
         .ok_or_else(|| VmmError::Control(format!("guest agent: no pid in {started}")))?;
@@ -53,7 +77,8 @@ pub fn exec(
         }
         if Instant::now() >= deadline {
             return Err(VmmError::Control(format!(
-                "guest agent: {path} did not finish within {}s",
+                "guest agent: {} did not finish within {}s",
+                run.path,
                 timeout.as_secs()
             )));
         }
@@ -205,8 +230,16 @@ mod tests {
                 .unwrap();
             line.clear();
             r.read_line(&mut line).unwrap();
-            assert!(line.contains("guest-exec"), "{line}");
-            assert!(line.contains("/bin/x"), "{line}");
+            let request: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(request["execute"], "guest-exec", "{line}");
+            let args = &request["arguments"];
+            assert_eq!(args["path"], "/bin/x", "{line}");
+            assert_eq!(args["arg"], json!(["a"]), "{line}");
+            assert_eq!(args["env"], json!(["K=v"]), "{line}");
+            let input = base64::engine::general_purpose::STANDARD
+                .decode(args["input-data"].as_str().unwrap())
+                .unwrap();
+            assert_eq!(input, b"secret\n", "{line}");
             w.write_all(b"{\"return\": {\"pid\": 42}}\n").unwrap();
             line.clear();
             r.read_line(&mut line).unwrap();
@@ -221,7 +254,12 @@ mod tests {
             )
             .unwrap();
         });
-        let out = exec(&sock, "/bin/x", &["a".into()], Duration::from_secs(10)).unwrap();
+        let run = AgentRun {
+            env: vec!["K=v".into()],
+            stdin: b"secret\n".to_vec(),
+            ..AgentRun::new("/bin/x", &["a"])
+        };
+        let out = exec(&sock, &run, Duration::from_secs(10)).unwrap();
         agent.join().unwrap();
         assert_eq!(out.code, 3);
         assert_eq!(out.stdout, "hello");
@@ -245,7 +283,12 @@ mod tests {
             answer(id, &mut w);
         });
         let t = Instant::now();
-        let e = exec(&sock, "/bin/x", &[], Duration::from_millis(700)).unwrap_err();
+        let e = exec(
+            &sock,
+            &AgentRun::new("/bin/x", &[]),
+            Duration::from_millis(700),
+        )
+        .unwrap_err();
         let took = t.elapsed();
         drop(guest);
         (took, e.to_string())
@@ -309,7 +352,12 @@ mod tests {
             drop(conn);
         });
         let t = Instant::now();
-        let e = exec(&sock, "/bin/x", &[], Duration::from_millis(500)).unwrap_err();
+        let e = exec(
+            &sock,
+            &AgentRun::new("/bin/x", &[]),
+            Duration::from_millis(500),
+        )
+        .unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(2), "{e}");
     }
 }

@@ -24,6 +24,7 @@ use crate::guest::configdrive::Identity;
 use crate::guest::GuestError;
 use crate::hostnet::{NetError, Subnet};
 use crate::pathio::FromPathIo;
+use crate::vmm::qga::AgentRun;
 pub use disk::FakeDisk;
 pub use iptables::FakeIptables;
 pub use vmm::FakeVmm;
@@ -55,8 +56,8 @@ pub struct FakeProc {
 
 #[derive(Default)]
 struct State {
-    /// What the fake guest agent ran, in order (program and arguments).
-    agent_runs: Vec<Vec<String>>,
+    /// What the fake guest agent ran, in order.
+    agent_runs: Vec<AgentRun>,
     bridges: BTreeSet<String>,
     taps: BTreeSet<String>,
     /// (table, "-A CHAIN spec...") in order, as iptables keeps them.
@@ -119,13 +120,13 @@ impl World {
         }
     }
 
-    /// Makes the fake disk play `strategy` (a device per running disk for
-    /// dm-snapshot; files only for the others).
-    /// The programs the fake guest agent ran, with their arguments.
-    pub fn agent_runs(&self) -> Vec<Vec<String>> {
+    /// The programs the fake guest agent ran, in order.
+    pub fn agent_runs(&self) -> Vec<AgentRun> {
         self.state().agent_runs.clone()
     }
 
+    /// Makes the fake disk play `strategy` (a device per running disk for
+    /// dm-snapshot; files only for the others).
     pub fn use_disk(&self, strategy: Strategy) {
         self.state().disk_strategy = Some(strategy);
     }

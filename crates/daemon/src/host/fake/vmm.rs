@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{FakeProc, World};
-use crate::vmm::qga::AgentOutput;
+use crate::vmm::qga::{AgentOutput, AgentRun};
 use crate::vmm::{
     BootDrives, Capabilities, DiskFormat, Drive, KernelFormat, LaunchSpec, RuntimeHandle, Vmm,
     VmmError,
@@ -134,18 +134,13 @@ impl Vmm for FakeVmm {
     fn agent_exec(
         &self,
         _control_socket: &Path,
-        path: &str,
-        args: &[String],
+        run: &AgentRun,
         _timeout: Duration,
     ) -> Result<AgentOutput, VmmError> {
         self.0
             .hit("vmm.agent_exec")
             .map_err(|e| Self::control_err("agent", e))?;
-        self.0.state().agent_runs.push(
-            std::iter::once(path.to_string())
-                .chain(args.iter().cloned())
-                .collect(),
-        );
+        self.0.state().agent_runs.push(run.clone());
         Ok(AgentOutput {
             code: 0,
             stdout: String::new(),

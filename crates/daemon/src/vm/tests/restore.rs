@@ -59,9 +59,22 @@ async fn the_first_cold_create_builds_a_template_and_the_next_vm_is_restored() {
     assert_eq!(b.template.as_deref(), Some(t.id.as_str()));
     let runs = bed.world.agent_runs();
     let last = runs.last().expect("the restored VM's identity step");
-    assert_eq!(last[0], "/usr/local/sbin/banger-guest-init");
-    assert_eq!(last[1], "--restored");
-    assert_eq!(last[3].len(), 64, "a 32-byte seed in hex: {last:?}");
+    assert_eq!(last.path, "/usr/local/sbin/banger-guest-init");
+    assert_eq!(last.args, ["--restored"]);
+    // b's own address and host key (the one pinned for it), not a's.
+    assert!(
+        last.env.contains(&format!("BANGER_IP={}", b.ip)),
+        "{last:?}"
+    );
+    assert!(
+        last.env.contains(&"BANGER_HOSTNAME=b".to_string()),
+        "{last:?}"
+    );
+    let pinned = std::fs::read_to_string(svc.layout().vm_host_key(&b.name)).expect("b's key");
+    let stdin = String::from_utf8(last.stdin.clone()).expect("text");
+    let (seed, key) = stdin.split_once('\n').expect("seed line");
+    assert_eq!(seed.len(), 64, "a 32-byte seed in hex: {stdin:?}");
+    assert_eq!(key, pinned);
     let record = svc.record("b").expect("b");
     assert_eq!(record.disk_base(svc.layout()), t.disk());
 

@@ -31,6 +31,7 @@ fn with_agent(bed: &Bed) {
     let mut m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
     m["guest_agent"] = true.into();
+    m["restore_protocol"] = crate::guest::restore::PROTOCOL.into();
     std::fs::write(&manifest, m.to_string()).expect("manifest");
 }
 
