@@ -331,6 +331,16 @@ impl Env {
         self.ok(&["vm", "exec", vm, "--", "sh", "-c", script])
     }
 
+    /// The size of VM `vm`'s root filesystem, in GiB (`df`).
+    pub fn root_fs_gib(&self, vm: &str) -> anyhow::Result<f64> {
+        let out = self.sh(vm, "df --output=size -B1 / | tail -n 1")?;
+        let bytes: f64 = out
+            .trim()
+            .parse()
+            .with_context(|| format!("df in {vm} said {out:?}"))?;
+        Ok(bytes / f64::from(1u32 << 30))
+    }
+
     pub fn vm_json(&self, vm: &str) -> anyhow::Result<Value> {
         Ok(serde_json::from_str(
             &self.ok(&["vm", "show", vm, "--json"])?,

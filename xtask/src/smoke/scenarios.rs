@@ -290,6 +290,7 @@ fn create(env: &Env) -> anyhow::Result<Outcome> {
     );
     env.fails(&["vm", "create", "--name", VM], "already exists")?;
     env.fails(&["vm", "start", VM], "running")?;
+    super::templates::root_grows_to_the_disk(env, VM)?;
     Ok(Outcome::Pass)
 }
 

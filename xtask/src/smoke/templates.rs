@@ -50,6 +50,7 @@ fn ensure_template(env: &Env) -> anyhow::Result<Option<Duration>> {
         shown.contains("cold"),
         "vm show does not say cold:\n{shown}"
     );
+    root_grows_to_the_disk(env, SEED)?;
     let start = Instant::now();
     while !has_template(env)? {
         ensure!(
@@ -62,6 +63,24 @@ fn ensure_template(env: &Env) -> anyhow::Result<Option<Duration>> {
     }
     env.ok(&["vm", "delete", "-f", SEED])?;
     Ok(Some(start.elapsed()))
+}
+
+/// The root filesystem of a VM grows from the image's size to its disk's
+/// (4 GiB, the smoke shape's): at once for a VM restored from a template,
+/// soon after SSH answers for a cold boot.
+pub fn root_grows_to_the_disk(env: &Env, vm: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let gib = env.root_fs_gib(vm)?;
+        if gib > 3.5 {
+            return Ok(());
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(120),
+            "the root filesystem of {vm} is still {gib:.2} GiB, not its 4 GiB disk, 120s after SSH answered"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// First phase: the template the middle phase's VMs are restored from.

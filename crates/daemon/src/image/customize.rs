@@ -17,6 +17,7 @@ const SSHD_CONF: &str = include_str!("assets/sshd-banger.conf");
 const JOURNALD_CONF: &str = include_str!("assets/journald-banger.conf");
 const SSH_UNIT_CONF: &str = include_str!("assets/ssh-banger.conf");
 const INITRD_INIT: &str = include_str!("assets/initrd-init");
+const GROW_ROOT_UNIT: &str = include_str!("assets/banger-grow-root.service");
 
 /// Units that cost boot time and do nothing useful in a disposable VM.
 /// udev is among them: the initrd loads the few drivers the VM needs.
@@ -50,6 +51,24 @@ pub const MASKED_UNITS: &[&str] = &[
     "modprobe@loop.service",
     "systemd-pstore.service",
     "systemd-random-seed.service",
+];
+
+/// systemd generators for what a banger VM has not: encrypted, integrity
+/// or verity volumes, a GPT root, hibernation, offline updates, gettys (the
+/// serial getty is masked), `systemd.run=` (banger writes the kernel
+/// command line). systemd runs every generator at each boot before it
+/// starts any unit, and under emulation each costs a visible fraction of a
+/// second. The fstab, rc-local, debug and SysV generators stay: packages an
+/// image build adds, or its script, may rely on them.
+pub const MASKED_GENERATORS: &[&str] = &[
+    "systemd-cryptsetup-generator",
+    "systemd-integritysetup-generator",
+    "systemd-veritysetup-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-system-update-generator",
+    "systemd-getty-generator",
+    "systemd-run-generator",
 ];
 
 /// Kernel modules the initrd loads, in dependency order (path under
@@ -109,7 +128,20 @@ pub fn customize(root: &Path) -> Result<(), ImageError> {
         "/etc/systemd/system/banger-agent.service",
         &root.join("etc/systemd/system/multi-user.target.wants/banger-agent.service"),
     )?;
+    write(
+        root,
+        "etc/systemd/system/banger-grow-root.service",
+        GROW_ROOT_UNIT,
+        0o644,
+    )?;
+    force_symlink(
+        "/etc/systemd/system/banger-grow-root.service",
+        &root.join("etc/systemd/system/multi-user.target.wants/banger-grow-root.service"),
+    )?;
     write(root, "etc/ssh/sshd_config.d/banger.conf", SSHD_CONF, 0o644)?;
+    // A UTF-8 locale that needs no locale data (built into glibc), which is
+    // also the file pam_env reads at every SSH login.
+    write(root, "etc/default/locale", "LANG=C.UTF-8\n", 0o644)?;
     write(
         root,
         "etc/systemd/journald.conf.d/banger.conf",
@@ -145,6 +177,10 @@ pub fn customize(root: &Path) -> Result<(), ImageError> {
     let units = root.join("etc/systemd/system");
     for unit in MASKED_UNITS {
         force_symlink("/dev/null", &units.join(unit))?;
+    }
+    let generators = root.join("etc/systemd/system-generators");
+    for generator in MASKED_GENERATORS {
+        force_symlink("/dev/null", &generators.join(generator))?;
     }
     for wants in [
         "getty.target.wants/getty@tty1.service",
@@ -231,4 +267,85 @@ pub fn build_initrd(root: &Path, kernel_version: &str, dest: &Path) -> Result<()
     }
     let mut f = std::fs::File::create(dest).map_err(|e| ImageError::io(dest, e))?;
     a.finish(&mut f).map_err(|e| ImageError::io(dest, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Debian tree as far as `customize` reads it.
+    fn debian_tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "usr",
+            "etc/ssh",
+            "etc/pam.d",
+            "etc/systemd/system/getty.target.wants",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("etc/ssh/ssh_host_rsa_key"), "KEY").unwrap();
+        std::fs::write(
+            root.join("etc/pam.d/sshd"),
+            "session optional pam_motd.so motd=/run/motd.dynamic\nsession optional pam_motd.so noupdate\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("etc/systemd/system/getty.target.wants/getty@tty1.service"),
+            "",
+        )
+        .unwrap();
+        dir
+    }
+
+    fn masked(path: &Path) -> bool {
+        std::fs::read_link(path).is_ok_and(|t| t == Path::new("/dev/null"))
+    }
+
+    #[test]
+    fn the_tree_boots_banger_s_way() {
+        let dir = debian_tree();
+        let root = dir.path();
+        customize(root).unwrap();
+        for g in MASKED_GENERATORS {
+            assert!(
+                masked(&root.join("etc/systemd/system-generators").join(g)),
+                "{g}"
+            );
+        }
+        for u in MASKED_UNITS {
+            assert!(masked(&root.join("etc/systemd/system").join(u)), "{u}");
+        }
+        let wants = root.join("etc/systemd/system");
+        for (target, unit) in [
+            ("sysinit.target.wants", "banger-guest.service"),
+            ("multi-user.target.wants", "banger-agent.service"),
+            ("multi-user.target.wants", "banger-grow-root.service"),
+        ] {
+            let link = wants.join(target).join(unit);
+            let target = std::fs::read_link(&link).unwrap();
+            assert_eq!(target, Path::new("/etc/systemd/system").join(unit));
+            assert!(wants.join(unit).is_file(), "{unit}");
+        }
+        assert!(!wants.join("getty.target.wants/getty@tty1.service").exists());
+        assert!(
+            !root.join("etc/ssh/ssh_host_rsa_key").exists(),
+            "a baked host key"
+        );
+        let pam = std::fs::read_to_string(root.join("etc/pam.d/sshd")).unwrap();
+        assert!(pam.contains("# banger: session optional pam_motd.so motd=/run/motd.dynamic"));
+        assert!(
+            pam.contains("\nsession optional pam_motd.so noupdate"),
+            "{pam}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/default/locale")).unwrap(),
+            "LANG=C.UTF-8\n"
+        );
+        let ssh_unit =
+            std::fs::read_to_string(root.join("etc/systemd/system/ssh.service.d/banger.conf"))
+                .unwrap();
+        assert!(ssh_unit.contains("CPUWeight=10000"), "{ssh_unit}");
+    }
 }

@@ -265,8 +265,12 @@ impl VmService {
                 .context(|| "booting the template".to_string())?,
         );
         let h = handle.expect("just set");
-        // Ready when sshd runs, asked through the guest agent.
+        // Ready when the boot has finished (no unit still starting, which
+        // every restored VM would go on running) and sshd runs, asked
+        // through the guest agent.
         let deadline = Instant::now() + self.cfg.boot_timeout;
+        let booted = AgentRun::new("/bin/systemctl", &["is-system-running", "--wait"]);
+        let sshd = AgentRun::new("/bin/systemctl", &["is-active", "--quiet", "ssh.service"]);
         let mut last = String::from("no answer yet");
         loop {
             if !backend.is_alive(&h, &name) {
@@ -274,15 +278,26 @@ impl VmService {
                     "the template VM stopped while booting ({last})"
                 )));
             }
-            let probe = AgentRun::new("/bin/systemctl", &["is-active", "--quiet", "ssh.service"]);
-            match backend.agent_exec(&spec.control_socket, &probe, Duration::from_secs(10)) {
-                Ok(out) if out.code == 0 => break,
-                Ok(out) => last = format!("ssh.service not active yet ({})", out.code),
+            let left = deadline.saturating_duration_since(Instant::now());
+            match backend.agent_exec(&spec.control_socket, &booted, left) {
+                Ok(out) if matches!(out.stdout.as_str(), "running" | "degraded") => {
+                    match backend.agent_exec(&spec.control_socket, &sshd, Duration::from_secs(10)) {
+                        Ok(out) if out.code == 0 => break,
+                        Ok(out) => {
+                            return Err(VmError::Failed(format!(
+                                "the template booted without sshd (ssh.service: exit {})",
+                                out.code
+                            )))
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Ok(out) => last = format!("the boot ended {:?}", out.stdout),
                 Err(e) => last = e.to_string(),
             }
             if Instant::now() >= deadline {
                 return Err(VmError::Failed(format!(
-                    "the template's sshd did not start in time: {last}"
+                    "the template did not finish booting in time: {last}"
                 )));
             }
             std::thread::sleep(Duration::from_millis(300));

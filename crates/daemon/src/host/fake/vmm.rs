@@ -141,9 +141,14 @@ impl Vmm for FakeVmm {
             .hit("vmm.agent_exec")
             .map_err(|e| Self::control_err("agent", e))?;
         self.0.state().agent_runs.push(run.clone());
+        // A guest whose boot has finished.
+        let stdout = match run.args.iter().any(|a| a == "is-system-running") {
+            true => "running".to_string(),
+            false => String::new(),
+        };
         Ok(AgentOutput {
             code: 0,
-            stdout: String::new(),
+            stdout,
             stderr: String::new(),
         })
     }
