@@ -50,13 +50,17 @@ pub fn run(env: &Env, runs: usize) -> anyhow::Result<Vec<Row>> {
     let daemon = env.daemon_pid().context("the daemon is not running")?;
     let idle_rss = memory::rss_mib(daemon)?;
 
-    eprintln!("==> cold creates (the first also builds the template)");
+    // The first cold create also starts the template's build, which is
+    // left to finish alone. Then cold creates (`--cold`) and hand-started
+    // boots take turns, so that a spell of load on a shared machine weighs
+    // on both sides of their ratio alike.
+    eprintln!("==> cold creates and hand-started QEMU of the same files, in turn");
+    let hand_boots = handboot::HandBoots::new(env, &image_dir(env)?)?;
     let mut cold = Vec::new();
+    let mut hand = Vec::new();
     let mut cold_mem = None;
     for i in 0..runs {
         let vm = format!("bench-cold{i}");
-        // The first (no template yet) also starts the template's build;
-        // the others ask for a cold boot.
         let flags: &[&str] = if i == 0 { &[] } else { &["--cold"] };
         let took = env.create_timed(&vm, flags)?.as_secs_f64();
         ensure!(env.vm_json(&vm)?["template"].is_null(), "{vm} was restored");
@@ -66,12 +70,12 @@ pub fn run(env: &Env, runs: usize) -> anyhow::Result<Vec<Row>> {
             cold_mem = Some(memory::qemu_of(env, &vm, MEMORY_MIB)?);
         }
         delete(env, &vm)?;
-        // Let the template build alone finish before the next boot.
         wait_for_template(env)?;
+        let took = hand_boots.once(env)?;
+        eprintln!("    hand-started QEMU {}: {took:.1}s", i + 1);
+        hand.push(took);
     }
-
-    eprintln!("==> hand-started QEMU, same kernel, initrd and root filesystem");
-    let hand = handboot::boots(env, &image_dir(env)?, runs)?;
+    drop(hand_boots);
 
     eprintln!("==> creates restored from the template");
     let mut restored = Vec::new();

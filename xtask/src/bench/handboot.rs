@@ -129,6 +129,9 @@ fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
                 "ConnectTimeout=5",
                 "-o",
                 "LogLevel=ERROR",
+                // The key exchange banger's own clients prefer (KEX_FIRST).
+                "-o",
+                "KexAlgorithms=^curve25519-sha256",
                 &format!("root@{IP}"),
                 "true",
             ])
@@ -149,15 +152,29 @@ fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
     answered.context("the hand-started QEMU never answered SSH")
 }
 
-/// `runs` hand-started boots of the image in `image` (a version directory).
-pub fn boots(env: &Env, image: &Path, runs: usize) -> anyhow::Result<Vec<f64>> {
-    let kit = kit(env)?;
-    let mut out = Vec::new();
-    for i in 0..runs {
-        let s = boot_once(env, &kit, image)?;
-        eprintln!("    hand-started QEMU {}: {s:.1}s", i + 1);
-        out.push(s);
+/// Hand-started boots of one image (a version directory), one at a time,
+/// so that they can be taken turn about with banger's.
+pub struct HandBoots {
+    kit: Kit,
+    image: PathBuf,
+}
+
+impl HandBoots {
+    pub fn new(env: &Env, image: &Path) -> anyhow::Result<Self> {
+        Ok(HandBoots {
+            kit: kit(env)?,
+            image: image.to_path_buf(),
+        })
     }
-    let _ = std::fs::remove_dir_all(&kit.dir);
-    Ok(out)
+
+    /// One boot: seconds from spawn to `ssh true`.
+    pub fn once(&self, env: &Env) -> anyhow::Result<f64> {
+        boot_once(env, &self.kit, &self.image)
+    }
+}
+
+impl Drop for HandBoots {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.kit.dir);
+    }
 }

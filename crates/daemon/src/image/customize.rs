@@ -55,11 +55,12 @@ pub const MASKED_UNITS: &[&str] = &[
 
 /// systemd generators for what a banger VM has not: encrypted, integrity
 /// or verity volumes, a GPT root, hibernation, offline updates, gettys (the
-/// serial getty is masked), `systemd.run=` (banger writes the kernel
-/// command line). systemd runs every generator at each boot before it
-/// starts any unit, and under emulation each costs a visible fraction of a
-/// second. The fstab, rc-local, debug and SysV generators stay: packages an
-/// image build adds, or its script, may rely on them.
+/// serial getty is masked), units asked for on the kernel command line
+/// (`systemd.run=`, `systemd.mask=`, ...; banger writes the command line).
+/// systemd runs every generator at each boot before it starts any unit,
+/// and under emulation each costs a visible fraction of a second. The
+/// fstab, rc-local and SysV generators stay: packages an image build adds,
+/// or its script, may rely on them.
 pub const MASKED_GENERATORS: &[&str] = &[
     "systemd-cryptsetup-generator",
     "systemd-integritysetup-generator",
@@ -69,6 +70,7 @@ pub const MASKED_GENERATORS: &[&str] = &[
     "systemd-system-update-generator",
     "systemd-getty-generator",
     "systemd-run-generator",
+    "systemd-debug-generator",
 ];
 
 /// Kernel modules the initrd loads, in dependency order (path under
