@@ -120,13 +120,48 @@ fn sampled(
     Ok(samples)
 }
 
-/// Waits (up to 3 minutes) until the default image has a template, so no
-/// template build runs in the background of a measurement.
+/// The image the workspace rows' VMs boot: the default image with rsync,
+/// for the `rsync -a` row (every row uses the same VMs).
+const IMAGE: &str = "bench-rsync";
+
+/// Builds [`IMAGE`] unless the image directory has it.
+fn ensure_image(env: &Env) -> anyhow::Result<()> {
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["image", "list", "--json"])?)?;
+    if list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|i| i["name"] == IMAGE)
+    {
+        return Ok(());
+    }
+    eprintln!("==> building image {IMAGE} (the default packages and rsync)");
+    env.ok(&["image", "build", IMAGE, "--include", "rsync"])
+        .map(drop)
+}
+
+/// Installs rsync on the host for the `rsync -a` row, if it lacks it.
+fn ensure_host_rsync() {
+    if sh::capture(&["sh", "-c", "command -v rsync"]).is_ok_and(|o| o.status.success()) {
+        return;
+    }
+    eprintln!("==> apt-get install rsync (the host side of the rsync -a row)");
+    let _ = sh::capture(&[
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "rsync",
+    ]);
+}
+
+/// Waits (up to 3 minutes) until [`IMAGE`] has a template, so no template
+/// build runs in the background of a measurement.
 fn wait_for_template(env: &Env) -> anyhow::Result<()> {
     for _ in 0..180 {
         let list: serde_json::Value = serde_json::from_str(&env.ok(&["image", "list", "--json"])?)?;
         let has = list.as_array().into_iter().flatten().any(|i| {
-            i["name"] == "default" && i["templates"].as_array().is_some_and(|t| !t.is_empty())
+            i["name"] == IMAGE && i["templates"].as_array().is_some_and(|t| !t.is_empty())
         });
         if has {
             return Ok(());
@@ -181,10 +216,13 @@ pub fn run(env: &mut Env, files: usize) -> anyhow::Result<Vec<Row>> {
     // and makes the template the others are restored from.
     let overlay_vms = ["bench-a", "bench-a2", "bench-a3"];
     let full_vms = ["bench-b", "bench-b2", "bench-b3"];
+    ensure_host_rsync();
+    ensure_image(env)?;
+    let image = ["--image", IMAGE];
     eprintln!("==> booting the VMs");
-    env.create("bench-a", &[])?;
+    env.create("bench-a", &image)?;
     wait_for_template(env)?;
-    env.create_parallel(&["bench-a2", "bench-a3", "bench-b"])?;
+    env.create_parallel_with(&["bench-a2", "bench-a3", "bench-b"], &image)?;
 
     let overlay = sampled("workspace prepare (overlay)", |i| {
         env.ok(&["workspace", "prepare", overlay_vms[i], "--repo", &r])
@@ -206,7 +244,7 @@ pub fn run(env: &mut Env, files: usize) -> anyhow::Result<Vec<Row>> {
         prepare_full(full_vms[0])
     })?];
     if full[0] < REPEAT_UNDER_S {
-        env.create_parallel(&full_vms[1..])?;
+        env.create_parallel_with(&full_vms[1..], &image)?;
         for (i, vm) in full_vms.iter().enumerate().skip(1) {
             let label = format!("workspace prepare --mode full_copy (run {})", i + 1);
             full.push(timed(&label, || prepare_full(vm))?);

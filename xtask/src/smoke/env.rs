@@ -389,12 +389,19 @@ impl Env {
 
     /// Creates several VMs at once (boots overlap).
     pub fn create_parallel(&self, vms: &[&str]) -> anyhow::Result<()> {
+        self.create_parallel_with(vms, &[])
+    }
+
+    /// [`Env::create_parallel`], each create with `extra` arguments.
+    pub fn create_parallel_with(&self, vms: &[&str], extra: &[&str]) -> anyhow::Result<()> {
         let children: Vec<(String, Child)> = vms
             .iter()
             .map(|vm| {
                 self.remember(vm);
+                let mut args = vec!["vm", "create", "--name", vm, "--memory", "768"];
+                args.extend_from_slice(extra);
                 let child = self
-                    .command(&["vm", "create", "--name", vm, "--memory", "768"])
+                    .command(&args)
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
