@@ -44,6 +44,26 @@ impl Identity {
     }
 }
 
+#[cfg(test)]
+impl Identity {
+    /// A VM `dev` at 10.0.0.2/24 with two authorized keys, for tests.
+    pub fn example() -> Self {
+        Identity {
+            hostname: "dev".into(),
+            ip: "10.0.0.2".into(),
+            mac: "02:00:00:00:00:01".into(),
+            prefix: 24,
+            gateway: "10.0.0.1".into(),
+            dns: "10.0.0.1".into(),
+            authorized_key: "ssh-ed25519 AAAA client\nssh-ed25519 BBBB extra\n".into(),
+            host_key_private:
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nKEY\n-----END OPENSSH PRIVATE KEY-----\n"
+                    .into(),
+            host_key_public: "ssh-ed25519 CCCC dev.vm\n".into(),
+        }
+    }
+}
+
 /// Builds the config drive image at `dest` (replacing it), mode 0600.
 pub fn build(identity: &Identity, dest: &Path) -> Result<(), GuestError> {
     let staging = tempdir_beside(dest)?;
@@ -91,17 +111,7 @@ mod tests {
         let dest = dir.path().join("config.img");
         std::fs::write(&dest, "old").unwrap();
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let identity = Identity {
-            hostname: "dev".into(),
-            ip: "10.0.0.2".into(),
-            mac: "02:00:00:00:00:01".into(),
-            prefix: 24,
-            gateway: "10.0.0.1".into(),
-            dns: "10.0.0.1".into(),
-            authorized_key: "ssh-ed25519 AAAA client".into(),
-            host_key_private: "PRIVATE".into(),
-            host_key_public: "ssh-ed25519 AAAA host".into(),
-        };
+        let identity = Identity::example();
         build(&identity, &dest).unwrap();
         assert_eq!(
             identity.env_file(),

@@ -62,33 +62,17 @@ pub fn identity_run(identity: &Identity, now: SystemTime, seed: &[u8; 32]) -> Ag
 mod tests {
     use super::*;
 
-    fn identity() -> Identity {
-        Identity {
-            hostname: "dev".into(),
-            ip: "10.0.0.2".into(),
-            mac: "02:00:00:00:00:01".into(),
-            prefix: 24,
-            gateway: "10.0.0.1".into(),
-            dns: "10.0.0.1".into(),
-            authorized_key: "ssh-ed25519 AAAA client\nssh-ed25519 BBBB extra\n".into(),
-            host_key_private:
-                "-----BEGIN OPENSSH PRIVATE KEY-----\nKEY\n-----END OPENSSH PRIVATE KEY-----\n"
-                    .into(),
-            host_key_public: "ssh-ed25519 CCCC dev.vm\n".into(),
-        }
-    }
-
     #[test]
     fn secrets_travel_on_stdin_and_nowhere_else() {
         let seed = [0xab; 32];
         let now = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
-        let run = identity_run(&identity(), now, &seed);
+        let run = identity_run(&Identity::example(), now, &seed);
         assert_eq!(run.path, GUEST_INIT);
         assert_eq!(run.args, ["--restored"]);
         let stdin = String::from_utf8(run.stdin.clone()).unwrap();
         let (first, key) = stdin.split_once('\n').unwrap();
         assert_eq!(first, "ab".repeat(32));
-        assert_eq!(key, identity().host_key_private);
+        assert_eq!(key, Identity::example().host_key_private);
         let visible = format!("{:?}{:?}", run.args, run.env);
         assert!(!visible.contains("PRIVATE KEY"), "{visible}");
         assert!(!visible.contains(&"ab".repeat(32)), "{visible}");
@@ -97,7 +81,7 @@ mod tests {
     #[test]
     fn the_environment_has_the_drive_values_the_time_and_the_public_keys() {
         let now = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
-        let run = identity_run(&identity(), now, &[0; 32]);
+        let run = identity_run(&Identity::example(), now, &[0; 32]);
         for want in [
             "BANGER_HOSTNAME=dev",
             "BANGER_IP=10.0.0.2",
