@@ -8,7 +8,7 @@ use crate::{setup, sh};
 
 pub fn run() -> anyhow::Result<i32> {
     setup::run()?;
-    let banger = sh::build_banger()?;
+    let banger = sh::build_banger(false)?;
     // A shared image cache keeps repeated demos fast; the first one builds it.
     let cache = std::path::PathBuf::from("/var/cache/banger-demo/images");
     std::fs::create_dir_all(&cache)?;

@@ -46,14 +46,18 @@ pub fn root() -> std::path::PathBuf {
     here.parent().map(|p| p.to_path_buf()).unwrap_or(here)
 }
 
-/// Builds the banger binary and returns its path.
-pub fn build_banger() -> anyhow::Result<std::path::PathBuf> {
-    step(
-        "cargo build (banger)",
-        &["cargo", "build", "--package", "banger"],
-    )?;
+/// Builds the banger binary (a debug build, or `release`) and returns its
+/// path.
+pub fn build_banger(release: bool) -> anyhow::Result<std::path::PathBuf> {
+    let mut argv = vec!["cargo", "build", "--package", "banger"];
+    if release {
+        argv.push("--release");
+    }
+    step("cargo build (banger)", &argv)?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    Ok(target.join("debug").join("banger"))
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("banger"))
 }

@@ -164,12 +164,17 @@ impl ImagePaths {
     pub fn vmlinux(&self) -> PathBuf {
         self.dir.join("vmlinux")
     }
-    /// The kernel a backend that boots `format` is given.
-    pub fn kernel_for(&self, format: crate::vmm::KernelFormat) -> PathBuf {
-        match format {
+    /// The kernel a backend that boots `formats` (best first) is given:
+    /// the first this image has, else the last (which the caller reports
+    /// missing).
+    pub fn kernel_for(&self, formats: &[crate::vmm::KernelFormat]) -> PathBuf {
+        let path = |f: &crate::vmm::KernelFormat| match f {
             crate::vmm::KernelFormat::BzImage => self.kernel(),
             crate::vmm::KernelFormat::Vmlinux => self.vmlinux(),
-        }
+        };
+        let mut paths = formats.iter().map(path);
+        let last = formats.last().map(path).unwrap_or_else(|| self.kernel());
+        paths.find(|p| p.exists()).unwrap_or(last)
     }
     pub fn initrd(&self) -> PathBuf {
         self.dir.join("initrd.img")
@@ -235,5 +240,20 @@ mod tests {
         ensure_dir(&fresh, 0o700).unwrap();
         let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_backend_gets_the_best_kernel_its_image_has() {
+        use crate::vmm::KernelFormat::{BzImage, Vmlinux};
+        let dir = tempfile::tempdir().unwrap();
+        let image = ImagePaths::new(dir.path().to_path_buf());
+        // Neither: the last format, which the caller reports missing.
+        assert_eq!(image.kernel_for(&[Vmlinux, BzImage]), image.kernel());
+        assert_eq!(image.kernel_for(&[Vmlinux]), image.vmlinux());
+        std::fs::write(image.kernel(), "bzImage").unwrap();
+        assert_eq!(image.kernel_for(&[Vmlinux, BzImage]), image.kernel());
+        std::fs::write(image.vmlinux(), "ELF").unwrap();
+        assert_eq!(image.kernel_for(&[Vmlinux, BzImage]), image.vmlinux());
+        assert_eq!(image.kernel_for(&[BzImage]), image.kernel());
     }
 }

@@ -42,8 +42,10 @@ pub const BROKEN: &str = "broken";
 const BUILDING: &str = ".building-";
 
 /// Bumped when the way a template is made, or the way a restored VM takes
-/// its identity, changes: templates of another format are rebuilt.
-pub const FORMAT: u32 = 2;
+/// its identity, changes: templates of another format are rebuilt. (3: the
+/// kernel QEMU boots, and its command line; a saved state restores only
+/// into the same.)
+pub const FORMAT: u32 = 3;
 
 /// What a template is of: VMs of this shape can be restored from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

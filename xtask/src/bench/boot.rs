@@ -27,18 +27,28 @@ fn template_ready(env: &Env) -> anyhow::Result<bool> {
     }))
 }
 
-/// The current default image's directory.
-pub fn image_dir(env: &Env) -> anyhow::Result<std::path::PathBuf> {
+/// The current default image's directory, if there is one.
+fn current_default(env: &Env) -> anyhow::Result<Option<std::path::PathBuf>> {
     let list: Value = serde_json::from_str(&env.ok(&["image", "list", "--json"])?)?;
-    let path = list
+    Ok(list
         .as_array()
         .and_then(|a| {
             a.iter()
                 .find(|i| i["name"] == "default" && i["current"] == true)
         })
         .and_then(|i| i["path"].as_str())
-        .context("no current default image")?;
-    Ok(path.into())
+        .map(Into::into))
+}
+
+/// The current default image's directory, built first (untimed) when the
+/// image directory has none, so that no create-to-SSH sample includes it.
+pub fn image_dir(env: &Env) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(dir) = current_default(env)? {
+        return Ok(dir);
+    }
+    eprintln!("==> building the default image (not timed)");
+    env.ok(&["image", "build"])?;
+    current_default(env)?.context("no current default image after `image build`")
 }
 
 fn delete(env: &Env, vm: &str) -> anyhow::Result<()> {

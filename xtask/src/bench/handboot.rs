@@ -1,7 +1,9 @@
 //! The baseline for create-to-SSH: `qemu-system-x86_64` started by hand
 //! with the same kernel, initrd and root filesystem (a qcow2 overlay), a
 //! config drive of our own and a tap on the bench's bridge, timed until
-//! `ssh true` answers. What banger adds on top of this is its overhead.
+//! `ssh true` answers. Like the daemon, it tries SSH once the image's sshd
+//! says on the console that it listens (and every 2 s until then). What
+//! banger adds on top of this is its overhead.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,6 +17,8 @@ const TAP: &str = "bench-hand";
 /// An address no bench VM gets (slots are taken from the bottom).
 const IP: &str = "172.30.0.250";
 const MAC: &str = "02:62:65:6e:63:68";
+/// The line the image's sshd writes on the console once it listens.
+const SSHD_LISTENS: &[u8] = b"banger: sshd listens";
 
 /// Files the hand-made VM boots with.
 struct Kit {
@@ -74,7 +78,11 @@ fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
     env.ns
         .run(&["ip", "link", "set", TAP, "master", "banger0", "up"])?;
     let console = kit.dir.join("console.log");
-    let kernel = image.join("vmlinuz");
+    // The kernel the daemon's QEMU boots: the ELF one (PVH) when there.
+    let kernel = match image.join("vmlinux") {
+        elf if elf.exists() => elf,
+        _ => image.join("vmlinuz"),
+    };
     let initrd = image.join("initrd.img");
     let config = kit.dir.join("config.img");
     let start = Instant::now();
@@ -90,7 +98,7 @@ fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
         .arg(&initrd)
         .args([
             "-append",
-            "console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.config=/dev/vdb",
+            "console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.config=/dev/vdb cryptomgr.notests",
         ])
         .args(["-drive", &format!("file={o},if=virtio,format=qcow2")])
         .args([
@@ -110,7 +118,15 @@ fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
         .context("starting qemu-system-x86_64")?;
     let key = kit.key.to_string_lossy().into_owned();
     let mut answered = None;
+    let mut last_probe = start;
     while start.elapsed() < Duration::from_secs(600) {
+        let listens = std::fs::read(&console)
+            .is_ok_and(|c| c.windows(SSHD_LISTENS.len()).any(|w| w == SSHD_LISTENS));
+        if !listens && last_probe.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        last_probe = Instant::now();
         let ok = env
             .ns
             .capture(&[

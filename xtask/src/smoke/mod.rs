@@ -339,7 +339,7 @@ pub fn run(args: &[String]) -> anyhow::Result<Summary> {
     };
     let banger = match &coverage {
         Some(c) => c.binary.clone(),
-        None => crate::sh::build_banger()?,
+        None => crate::sh::build_banger(false)?,
     };
     let mut env = Env::start(&banger, opts.image_dir.as_deref())?;
     let chosen = select(opts.filter.as_deref());

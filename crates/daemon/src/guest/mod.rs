@@ -1,8 +1,10 @@
-//! Reaching guests: SSH keys and pinned host keys, readiness, the per-VM
+//! Reaching guests: SSH keys and pinned host keys, readiness (and the
+//! console line that says sshd listens), the per-VM
 //! config drive that carries the VM's identity, and what a VM restored from
 //! a template is told instead.
 
 pub mod configdrive;
+pub mod console;
 pub mod restore;
 pub mod ssh;
 

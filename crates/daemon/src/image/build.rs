@@ -114,6 +114,7 @@ fn build_into(
         built_at: crate::store::now(),
         guest_agent: true,
         restore_protocol: crate::guest::restore::PROTOCOL,
+        announces_sshd: true,
         includes: spec.includes.clone(),
         script_sha256,
         from_vm: None,

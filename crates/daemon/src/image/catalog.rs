@@ -280,6 +280,8 @@ pub(crate) fn fake_build(tag: &str) -> impl FnOnce(&ImagePaths) -> Result<(), Im
             built_at: 1_700_000_000,
             guest_agent: true,
             restore_protocol: crate::guest::restore::PROTOCOL,
+            // The fake VMM writes no console.
+            announces_sshd: false,
             includes: Vec::new(),
             script_sha256: None,
             from_vm: None,

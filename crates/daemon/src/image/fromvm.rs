@@ -44,6 +44,11 @@ pub struct Source<'a> {
 /// Writes the new version into `out` (a staging directory), manifest last.
 pub fn populate(out: &ImagePaths, src: &Source<'_>) -> Result<(), ImageError> {
     link_or_copy(&src.parent.kernel(), &out.kernel())?;
+    // The uncompressed kernel (Firecracker; QEMU's faster boot), when the
+    // parent has one.
+    if src.parent.vmlinux().exists() {
+        link_or_copy(&src.parent.vmlinux(), &out.vmlinux())?;
+    }
     link_or_copy(&src.parent.initrd(), &out.initrd())?;
     match src.strategy {
         Strategy::Qcow2 => layer(out, src.parent, src.disk, src.template_disk)?,
@@ -205,11 +210,12 @@ mod tests {
         cmd::run("qemu-img", args).expect("qemu-img");
     }
 
-    /// A built version: raw root filesystem, kernel, initrd.
+    /// A built version: raw root filesystem, kernels, initrd.
     fn built(dir: &Path) -> ImagePaths {
         let p = ImagePaths::new(dir.to_path_buf());
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(p.kernel(), "kernel").unwrap();
+        std::fs::write(p.vmlinux(), "vmlinux").unwrap();
         std::fs::write(p.initrd(), "initrd").unwrap();
         let f = std::fs::File::create(p.rootfs()).unwrap();
         f.set_len(8 << 20).unwrap();
@@ -248,6 +254,7 @@ mod tests {
             built_at: 1,
             guest_agent: false,
             restore_protocol: 0,
+            announces_sshd: false,
             includes: Vec::new(),
             script_sha256: None,
             from_vm: Some("dev (default v1)".into()),
@@ -287,6 +294,11 @@ mod tests {
         assert_eq!(mode & 0o777, 0o644, "every VMM's uid reads the image");
         assert!(mine1.exists());
         assert_eq!(std::fs::read_to_string(mine1.kernel()).unwrap(), "kernel");
+        assert_eq!(
+            std::fs::read_to_string(mine1.vmlinux()).unwrap(),
+            "vmlinux",
+            "the uncompressed kernel comes along"
+        );
         // A VM of the new image, and an image made from that VM: a chain.
         let disk2 = vm_disk(&vm, &mine1.rootfs(), "0x6b", 1 << 20);
         let mine2 = make(&t.path().join("mine/2"), &mine1, &disk2);

@@ -29,6 +29,11 @@ pub struct Manifest {
     /// that speak the daemon's protocol; the others boot cold.
     #[serde(default)]
     pub restore_protocol: u32,
+    /// Its sshd says on the serial console when it listens
+    /// ([`crate::guest::console::SSHD_LISTENS`]): a cold boot waits for
+    /// that line before it tries SSH. Images built before do not.
+    #[serde(default)]
+    pub announces_sshd: bool,
     /// Packages beyond the base set.
     #[serde(default)]
     pub includes: Vec<String>,

@@ -11,6 +11,7 @@ use super::error::{Context, VmError};
 use super::record::VmRecord;
 use super::service::{blocking, VmService, R};
 use crate::guest::configdrive::Identity;
+use crate::guest::console::ConsoleWatch;
 use crate::hostnat;
 use crate::layout::ensure_dir;
 use crate::opstate::Op;
@@ -31,6 +32,10 @@ pub(super) struct Restore {
 
 /// How long one readiness probe (`ssh true`) may take.
 const READY_PROBE_DEADLINE: Duration = Duration::from_secs(15);
+/// How often a boot that waits for sshd's console line looks for it.
+const CONSOLE_LOOK: Duration = Duration::from_millis(20);
+/// How often SSH is tried anyway while that line has not appeared.
+const UNANNOUNCED_PROBE: Duration = Duration::from_secs(2);
 
 impl VmService {
     /// Boots `vm` and waits for SSH; returns it running.
@@ -86,7 +91,7 @@ impl VmService {
             )));
         }
         let backend = self.backend_of(vm)?;
-        let kernel = image.kernel_for(backend.capabilities().kernel);
+        let kernel = image.kernel_for(backend.capabilities().kernels);
         if !kernel.exists() {
             return Err(VmError::ImageMissing(format!(
                 "image {:?} version {} has no {} for the {} backend (built before it was supported); rebuild it with `banger image build {}`",
@@ -150,6 +155,11 @@ impl VmService {
         if let Some((uid, gid)) = run_as {
             self.hand_over_to_vmm(&spec, uid, gid).await?;
         }
+        // A cold boot of an image whose sshd says when it listens waits
+        // for that on the console (what is written from now on).
+        let announced = restore.is_none()
+            && crate::image::Manifest::read(&image).is_some_and(|m| m.announces_sshd);
+        let watch = announced.then(|| ConsoleWatch::from_end(&spec.console_log));
         let b = backend.clone();
         let started = Instant::now();
         let (handle, identity) = match restore {
@@ -185,7 +195,7 @@ impl VmService {
             steps.push(format!("identity {:.1}s", t.elapsed().as_secs_f64()));
         }
         op.phase("ssh", &format!("waiting for SSH on {}", vm.ip), pct + 20);
-        let took = self.wait_ready(vm).await?;
+        let took = self.wait_ready(vm, watch).await?;
         steps.push(format!("SSH {:.1}s", took.as_secs_f64()));
         if vm.workspace.is_some() {
             op.phase("workspace", "mounting the workspace", pct + 25);
@@ -279,10 +289,15 @@ impl VmService {
     }
 
     /// Polls until SSH answers (a `true` that exits 0), or the boot timeout
-    /// passes; a VMM that died ends the wait early.
-    async fn wait_ready(&self, vm: &VmRecord) -> R<Duration> {
+    /// passes; a VMM that died ends the wait early. With a `watch` of the
+    /// console, SSH is tried once sshd says it listens (and every
+    /// [`UNANNOUNCED_PROBE`] in case the line is lost): a probe sent while
+    /// the guest's address or sshd is not up yet waits on ARP and SYN
+    /// retries (a second each), and costs the booting guest CPU.
+    async fn wait_ready(&self, vm: &VmRecord, mut watch: Option<ConsoleWatch>) -> R<Duration> {
         let start = Instant::now();
         let mut last = String::new();
+        let mut last_probe = start;
         let timeout = self.cfg.boot_timeout;
         while start.elapsed() < timeout {
             if !self.is_alive(vm) {
@@ -291,6 +306,13 @@ impl VmService {
                     vm.name, vm.name
                 )));
             }
+            if let Some(w) = watch.as_mut() {
+                if !w.sshd_listens() && last_probe.elapsed() < UNANNOUNCED_PROBE {
+                    tokio::time::sleep(CONSOLE_LOOK).await;
+                    continue;
+                }
+            }
+            last_probe = Instant::now();
             match self
                 .guest_exec(vm, "true", None, READY_PROBE_DEADLINE)
                 .await

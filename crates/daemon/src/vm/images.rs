@@ -150,7 +150,7 @@ impl VmService {
             return;
         };
         for backend in self.host.backends.iter().filter(|b| b.probe_pending()) {
-            let k = kernel.kernel_for(backend.capabilities().kernel);
+            let k = kernel.kernel_for(backend.capabilities().kernels);
             if !k.exists() {
                 continue;
             }

@@ -222,7 +222,7 @@ impl VmService {
         std::fs::write(&console, b"").map_err(host_io(&console))?;
         let spec = LaunchSpec {
             name: name.clone(),
-            kernel: image.kernel(),
+            kernel: image.kernel_for(backend.capabilities().kernels),
             initrd: image.initrd(),
             cmdline: backend.kernel_cmdline(&name),
             drives: backend.drive_plan(BootDrives {

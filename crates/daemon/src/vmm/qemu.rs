@@ -282,7 +282,10 @@ impl Vmm for Qemu {
         Capabilities {
             hotplug_drives: true,
             disk_formats: &[DiskFormat::Qcow2, DiskFormat::Raw],
-            kernel: KernelFormat::BzImage,
+            // The ELF kernel boots through its PVH entry point: no
+            // real-mode setup and no decompression, which under emulation
+            // is a visible part of a cold boot.
+            kernels: &[KernelFormat::Vmlinux, KernelFormat::BzImage],
             needs_kvm: false,
             snapshots: true,
         }
@@ -304,7 +307,11 @@ impl Vmm for Qemu {
 
     fn kernel_cmdline(&self, _name: &str) -> String {
         // The tag is added by `args`, so it is on every QEMU command line.
-        "console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.config=/dev/vdb".into()
+        // `cryptomgr.notests`: see `vmm::FAST_BOOT_ARGS`.
+        format!(
+            "console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.config=/dev/vdb {}",
+            super::FAST_BOOT_ARGS
+        )
     }
 
     fn drive_plan(&self, drives: BootDrives) -> Vec<Drive> {

@@ -63,7 +63,7 @@ impl Vmm for FakeVmm {
                 true => &[DiskFormat::Qcow2],
                 false => &[DiskFormat::Raw],
             },
-            kernel: KernelFormat::BzImage,
+            kernels: &[KernelFormat::BzImage],
             needs_kvm: false,
             snapshots: templates,
         }

@@ -285,7 +285,7 @@ impl Vmm for Firecracker {
         Capabilities {
             hotplug_drives: false,
             disk_formats: &[DiskFormat::Raw],
-            kernel: KernelFormat::Vmlinux,
+            kernels: &[KernelFormat::Vmlinux],
             needs_kvm: true,
             snapshots: true,
         }
@@ -346,8 +346,10 @@ impl Vmm for Firecracker {
     fn kernel_cmdline(&self, _name: &str) -> String {
         // Devices are virtio-mmio; `reboot=k` makes the guest's reboot end
         // Firecracker (as -no-reboot does for QEMU).
-        "console=ttyS0 reboot=k panic=-1 pci=off root=/dev/vda rw net.ifnames=0 banger.config=/dev/vdb"
-            .into()
+        format!(
+            "console=ttyS0 reboot=k panic=-1 pci=off root=/dev/vda rw net.ifnames=0 banger.config=/dev/vdb {}",
+            crate::vmm::FAST_BOOT_ARGS
+        )
     }
 
     fn drive_plan(&self, drives: BootDrives) -> Vec<Drive> {
