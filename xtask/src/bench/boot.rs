@@ -60,27 +60,33 @@ pub fn run(env: &Env, runs: usize) -> anyhow::Result<Vec<Row>> {
     let daemon = env.daemon_pid().context("the daemon is not running")?;
     let idle_rss = memory::rss_mib(daemon)?;
 
-    // The first cold create also starts the template's build, which is
-    // left to finish alone. Then cold creates (`--cold`) and hand-started
-    // boots take turns, so that a spell of load on a shared machine weighs
-    // on both sides of their ratio alike.
+    // The first create of the shape boots cold, waits for the daemon's
+    // one-time accelerator probe and starts the template's build, which is
+    // left to finish alone: a row of its own. Then cold creates (`--cold`)
+    // and hand-started boots take turns, so that a spell of load on a
+    // shared machine weighs on both sides of their ratio alike.
+    let image = image_dir(env)?;
+    eprintln!("==> the first create of the shape");
+    let first = env.create_timed("bench-first", &[])?.as_secs_f64();
+    ensure!(
+        env.vm_json("bench-first")?["template"].is_null(),
+        "the first create was restored"
+    );
+    eprintln!("    first create: {first:.1}s");
+    let cold_mem = memory::qemu_of(env, "bench-first", MEMORY_MIB)?;
+    delete(env, "bench-first")?;
+    wait_for_template(env)?;
     eprintln!("==> cold creates and hand-started QEMU of the same files, in turn");
-    let hand_boots = handboot::HandBoots::new(env, &image_dir(env)?)?;
+    let hand_boots = handboot::HandBoots::new(env, &image)?;
     let mut cold = Vec::new();
     let mut hand = Vec::new();
-    let mut cold_mem = None;
     for i in 0..runs {
         let vm = format!("bench-cold{i}");
-        let flags: &[&str] = if i == 0 { &[] } else { &["--cold"] };
-        let took = env.create_timed(&vm, flags)?.as_secs_f64();
+        let took = env.create_timed(&vm, &["--cold"])?.as_secs_f64();
         ensure!(env.vm_json(&vm)?["template"].is_null(), "{vm} was restored");
         eprintln!("    cold create {}: {took:.1}s", i + 1);
         cold.push(took);
-        if i == 0 {
-            cold_mem = Some(memory::qemu_of(env, &vm, MEMORY_MIB)?);
-        }
         delete(env, &vm)?;
-        wait_for_template(env)?;
         let took = hand_boots.once(env)?;
         eprintln!("    hand-started QEMU {}: {took:.1}s", i + 1);
         hand.push(took);
@@ -125,6 +131,12 @@ pub fn run(env: &Env, runs: usize) -> anyhow::Result<Vec<Row>> {
         .with_ratio("faster than cold", c / r),
     );
     rows.push(Row::new("start", "create-to-SSH, cold boot", "s", cold));
+    rows.push(Row::new(
+        "start",
+        "first create of the shape (accelerator probe, template build starts)",
+        "s",
+        vec![first],
+    ));
     rows.push(
         Row::new(
             "start",
@@ -143,7 +155,6 @@ pub fn run(env: &Env, runs: usize) -> anyhow::Result<Vec<Row>> {
         )
         .with_ratio("of one restored create", wall / r),
     );
-    let cold_mem = cold_mem.context("no cold VM measured")?;
     rows.push(Row::new("memory", "daemon RSS, idle", "Mi", vec![idle_rss]));
     rows.push(Row::new(
         "memory",
