@@ -168,13 +168,17 @@ impl ImagePaths {
     /// the first this image has, else the last (which the caller reports
     /// missing).
     pub fn kernel_for(&self, formats: &[crate::vmm::KernelFormat]) -> PathBuf {
-        let path = |f: &crate::vmm::KernelFormat| match f {
-            crate::vmm::KernelFormat::BzImage => self.kernel(),
-            crate::vmm::KernelFormat::Vmlinux => self.vmlinux(),
+        use crate::vmm::KernelFormat;
+        let path = |f: &KernelFormat| match f {
+            KernelFormat::BzImage => self.kernel(),
+            KernelFormat::Vmlinux | KernelFormat::PvhVmlinux => self.vmlinux(),
         };
-        let mut paths = formats.iter().map(path);
+        let usable = |f: &&KernelFormat| match f {
+            KernelFormat::PvhVmlinux => crate::image::vmlinux::has_pvh_entry(&self.vmlinux()),
+            f => path(f).exists(),
+        };
         let last = formats.last().map(path).unwrap_or_else(|| self.kernel());
-        paths.find(|p| p.exists()).unwrap_or(last)
+        formats.iter().find(usable).map(path).unwrap_or(last)
     }
     pub fn initrd(&self) -> PathBuf {
         self.dir.join("initrd.img")
@@ -244,16 +248,18 @@ mod tests {
 
     #[test]
     fn a_backend_gets_the_best_kernel_its_image_has() {
-        use crate::vmm::KernelFormat::{BzImage, Vmlinux};
+        use crate::vmm::KernelFormat::{BzImage, PvhVmlinux, Vmlinux};
         let dir = tempfile::tempdir().unwrap();
         let image = ImagePaths::new(dir.path().to_path_buf());
         // Neither: the last format, which the caller reports missing.
-        assert_eq!(image.kernel_for(&[Vmlinux, BzImage]), image.kernel());
+        assert_eq!(image.kernel_for(&[PvhVmlinux, BzImage]), image.kernel());
         assert_eq!(image.kernel_for(&[Vmlinux]), image.vmlinux());
         std::fs::write(image.kernel(), "bzImage").unwrap();
-        assert_eq!(image.kernel_for(&[Vmlinux, BzImage]), image.kernel());
+        assert_eq!(image.kernel_for(&[PvhVmlinux, BzImage]), image.kernel());
+        // An ELF without a PVH entry point is Firecracker's, not QEMU's.
         std::fs::write(image.vmlinux(), "ELF").unwrap();
         assert_eq!(image.kernel_for(&[Vmlinux, BzImage]), image.vmlinux());
+        assert_eq!(image.kernel_for(&[PvhVmlinux, BzImage]), image.kernel());
         assert_eq!(image.kernel_for(&[BzImage]), image.kernel());
     }
 }

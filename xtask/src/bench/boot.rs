@@ -133,7 +133,7 @@ pub fn run(env: &Env, runs: usize) -> anyhow::Result<Vec<Row>> {
     rows.push(Row::new("start", "create-to-SSH, cold boot", "s", cold));
     rows.push(Row::new(
         "start",
-        "first create of the shape (accelerator probe, template build starts)",
+        "first create of a shape (KVM probe, starts its template)",
         "s",
         vec![first],
     ));

@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
+use bangerd::guest::configdrive;
+use bangerd::guest::console::SSHD_LISTENS;
 
 use crate::smoke::Env;
 
@@ -17,8 +19,6 @@ const TAP: &str = "bench-hand";
 /// An address no bench VM gets (slots are taken from the bottom).
 const IP: &str = "172.30.0.250";
 const MAC: &str = "02:62:65:6e:63:68";
-/// The line the image's sshd writes on the console once it listens.
-const SSHD_LISTENS: &[u8] = b"banger: sshd listens";
 
 /// Files the hand-made VM boots with.
 struct Kit {
@@ -37,29 +37,33 @@ fn run(argv: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keys and the config drive, once.
+/// Keys and the config drive (made by the daemon's own code, so the
+/// guest reads it as it reads a banger VM's), once.
 fn kit(env: &Env) -> anyhow::Result<Kit> {
     let dir = env.dir.join("bench-hand");
     let _ = std::fs::remove_dir_all(&dir);
-    let cfg = dir.join("config");
-    std::fs::create_dir_all(&cfg)?;
+    std::fs::create_dir_all(&dir)?;
     let key = dir.join("client");
-    let hostkey = cfg.join("ssh_host_ed25519_key");
+    let hostkey = dir.join("host");
     for k in [&key, &hostkey] {
         let k = k.to_string_lossy();
         run(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", &k])?;
     }
-    std::fs::copy(key.with_extension("pub"), cfg.join("authorized_keys"))?;
-    std::fs::write(
-        cfg.join("identity.env"),
-        format!(
-            "BANGER_HOSTNAME='hand'\nBANGER_IP='{IP}'\nBANGER_MAC='{MAC}'\nBANGER_PREFIX='24'\nBANGER_GATEWAY='{gw}'\nBANGER_DNS='{gw}'\n",
-            gw = crate::smoke::GATEWAY
-        ),
-    )?;
-    let img = dir.join("config.img");
-    let (c, i) = (cfg.to_string_lossy(), img.to_string_lossy());
-    run(&["mkfs.ext4", "-q", "-F", "-d", &c, &i, "1M"])?;
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| p.display().to_string());
+    let gateway = crate::smoke::GATEWAY.to_string();
+    let identity = configdrive::Identity {
+        hostname: "hand".into(),
+        ip: IP.into(),
+        mac: MAC.into(),
+        prefix: 24,
+        gateway: gateway.clone(),
+        dns: gateway,
+        authorized_key: read(&key.with_extension("pub"))?,
+        host_key_private: read(&hostkey)?,
+        host_key_public: read(&hostkey.with_extension("pub"))?,
+    };
+    configdrive::build(&identity, &dir.join("config.img"))
+        .map_err(|e| anyhow::anyhow!("the hand-started VM's config drive: {e}"))?;
     Ok(Kit { dir, key })
 }
 
@@ -77,7 +81,9 @@ fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
     env.ns.run(&["ip", "tuntap", "add", TAP, "mode", "tap"])?;
     env.ns
         .run(&["ip", "link", "set", TAP, "master", "banger0", "up"])?;
+    // A fresh log: the last boot's line must not count for this one.
     let console = kit.dir.join("console.log");
+    let _ = std::fs::remove_file(&console);
     // The kernel the daemon's QEMU boots: the ELF one (PVH) when there.
     let kernel = match image.join("vmlinux") {
         elf if elf.exists() => elf,
@@ -96,10 +102,11 @@ fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
         .arg(&kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args([
-            "-append",
-            "console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.config=/dev/vdb cryptomgr.notests",
-        ])
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 root=/dev/vda rw panic=-1 net.ifnames=0 banger.config=/dev/vdb {}",
+            bangerd::vmm::FAST_BOOT_ARGS
+        ))
         .args(["-drive", &format!("file={o},if=virtio,format=qcow2")])
         .args([
             "-drive",
@@ -120,8 +127,9 @@ fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
     let mut answered = None;
     let mut last_probe = start;
     while start.elapsed() < Duration::from_secs(600) {
-        let listens = std::fs::read(&console)
-            .is_ok_and(|c| c.windows(SSHD_LISTENS.len()).any(|w| w == SSHD_LISTENS));
+        let marker = SSHD_LISTENS.as_bytes();
+        let listens =
+            std::fs::read(&console).is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker));
         if !listens && last_probe.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(20));
             continue;

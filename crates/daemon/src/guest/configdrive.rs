@@ -295,6 +295,10 @@ mod tests {
                 .raw_text()
                 .replace("E BANGER_IP", "X BANGER_IP")
                 .into_bytes(),
+            identity
+                .raw_text()
+                .replace("E BANGER_DNS=10.0.0.1\n", "")
+                .into_bytes(),
         ] {
             let (ok, seen) = guest_reads(&input);
             assert!(!ok, "{seen}");

@@ -10,11 +10,14 @@ use std::path::{Path, PathBuf};
 pub const SSHD_LISTENS: &str = "banger: sshd listens";
 
 /// How much of the log one look reads at most: a guest that floods its
-/// console costs the daemon bounded work per look.
-const MAX_READ: u64 = 1 << 20;
+/// console costs the daemon bounded work per look (and falls behind, so
+/// that its line is found late and the daemon's periodic probe finds sshd).
+const MAX_READ: u64 = 64 << 10;
 
 /// Watches a console log for [`SSHD_LISTENS`] in what is written after
-/// the watch began (an earlier boot's line does not count).
+/// the watch began (an earlier boot's line does not count, unless the log
+/// is cut meanwhile: its kept half is read again, which at worst tries SSH
+/// early).
 #[derive(Debug)]
 pub struct ConsoleWatch {
     path: PathBuf,

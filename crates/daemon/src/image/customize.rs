@@ -226,10 +226,18 @@ pub fn customize(root: &Path) -> Result<(), ImageError> {
     remove_matching(&root.join("etc/ssh"), "ssh_host_")?;
     // Every VM gets its own machine id at first boot.
     write(root, "etc/machine-id", "", 0o444)?;
+    // The root is the initrd's; entries a build script added are kept
+    // (banger-generators then runs the fstab generator for them).
+    let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap_or_default();
+    let entries: String = fstab
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
     write(
         root,
         "etc/fstab",
-        "# banger: the root is mounted by the initrd\n",
+        &format!("# banger: the root is mounted by the initrd\n{entries}"),
         0o644,
     )?;
     write(root, "etc/hostname", "banger\n", 0o644)?;
@@ -306,6 +314,11 @@ mod tests {
         }
         std::fs::write(root.join("etc/ssh/ssh_host_rsa_key"), "KEY").unwrap();
         std::fs::write(
+            root.join("etc/fstab"),
+            "# UNCONFIGURED FSTAB FOR BASE SYSTEM\ntmpfs /scratch tmpfs defaults 0 0\n",
+        )
+        .unwrap();
+        std::fs::write(
             root.join("etc/pam.d/sshd"),
             "session optional pam_motd.so motd=/run/motd.dynamic\nsession optional pam_motd.so noupdate\n",
         )
@@ -368,10 +381,22 @@ mod tests {
             std::fs::read_to_string(root.join("etc/default/locale")).unwrap(),
             "LANG=C.UTF-8\n"
         );
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/fstab")).unwrap(),
+            "# banger: the root is mounted by the initrd\ntmpfs /scratch tmpfs defaults 0 0\n",
+            "a build script's mount was dropped"
+        );
         let ssh_unit =
             std::fs::read_to_string(root.join("etc/systemd/system/ssh.service.d/banger.conf"))
                 .unwrap();
         assert!(ssh_unit.contains("CPUWeight=10000"), "{ssh_unit}");
+        assert!(
+            ssh_unit.contains(&format!(
+                "ExecStartPost=-/bin/sh -c 'echo \"{}\" > /dev/console'",
+                crate::guest::console::SSHD_LISTENS
+            )),
+            "sshd does not say what the daemon waits for: {ssh_unit}"
+        );
     }
 
     /// Runs banger's generator over a tree at `root` (its absolute paths
@@ -425,15 +450,14 @@ mod tests {
         .unwrap();
         assert_eq!(gate(root), "", "a generator ran with nothing to do");
 
-        write(
-            root,
-            "etc/fstab",
+        for fstab in [
             "# comment\n\ntmpfs /tmp tmpfs defaults 0 0\n",
-            0o644,
-        )
-        .unwrap();
-        assert_eq!(gate(root), "systemd-fstab-generator n e l\n");
-        std::fs::remove_file(root.join("ran")).unwrap();
+            "# edited in a VM, no line break at the end\ntmpfs /tmp tmpfs defaults 0 0",
+        ] {
+            write(root, "etc/fstab", fstab, 0o644).unwrap();
+            assert_eq!(gate(root), "systemd-fstab-generator n e l\n", "{fstab:?}");
+            std::fs::remove_file(root.join("ran")).unwrap();
+        }
 
         write(root, "etc/fstab", "", 0o644).unwrap();
         write(root, "etc/rc.local", "#!/bin/sh\n", 0o644).unwrap();

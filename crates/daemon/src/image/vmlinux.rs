@@ -90,6 +90,66 @@ pub fn write(bzimage: &Path, dest: &Path) -> Result<(), ImageError> {
     std::io::Write::flush(&mut out).map_err(|e| ImageError::io(dest, e))
 }
 
+/// Whether the ELF kernel at `path` has a PVH entry point (the
+/// `XEN_ELFNOTE_PHYS32_ENTRY` note, which kernels built with `CONFIG_PVH`
+/// carry): QEMU boots such an ELF directly, and refuses one without it.
+pub fn has_pvh_entry(path: &Path) -> bool {
+    std::fs::File::open(path)
+        .and_then(|mut f| pvh_entry_in(&mut f))
+        .unwrap_or(false)
+}
+
+/// The ELF notes' search for [`has_pvh_entry`], reading only the headers
+/// and the note segments.
+fn pvh_entry_in(f: &mut (impl std::io::Read + std::io::Seek)) -> std::io::Result<bool> {
+    use std::io::SeekFrom;
+    const PT_NOTE: u32 = 4;
+    const PHYS32_ENTRY: u32 = 18;
+    let mut header = [0u8; 64];
+    f.read_exact(&mut header)?;
+    // 64-bit, little-endian.
+    if &header[..4] != ELF_MAGIC || header[4] != 2 || header[5] != 1 {
+        return Ok(false);
+    }
+    let u16_at = |d: &[u8], at: usize| usize::from(u16::from_le_bytes([d[at], d[at + 1]]));
+    let u64_at =
+        |d: &[u8], at: usize| u64::from_le_bytes(d[at..at + 8].try_into().unwrap_or_default());
+    let (phoff, phentsize, phnum) = (
+        u64_at(&header, 32),
+        u16_at(&header, 54),
+        u16_at(&header, 56),
+    );
+    if phentsize < 56 || phnum > 128 {
+        return Ok(false);
+    }
+    let mut table = vec![0u8; phentsize * phnum];
+    f.seek(SeekFrom::Start(phoff))?;
+    f.read_exact(&mut table)?;
+    for ph in table.chunks(phentsize) {
+        let (kind, offset, size) = (u32_at(ph, 0), u64_at(ph, 8), u64_at(ph, 32));
+        if kind != Some(PT_NOTE) || size > 1 << 20 {
+            continue;
+        }
+        let mut notes = vec![0u8; size as usize];
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(&mut notes)?;
+        let mut at = 0;
+        let align = |n: usize| (n + 3) & !3;
+        while let (Some(namesz), Some(descsz), Some(kind)) = (
+            u32_at(&notes, at),
+            u32_at(&notes, at + 4),
+            u32_at(&notes, at + 8),
+        ) {
+            let name = notes.get(at + 12..at + 12 + namesz as usize);
+            if name == Some(b"Xen\0") && kind == PHYS32_ENTRY {
+                return Ok(true);
+            }
+            at += 12 + align(namesz as usize) + align(descsz as usize);
+        }
+    }
+    Ok(false)
+}
+
 /// LZ4's legacy frame: the magic, then blocks (`u32` compressed size, the
 /// block), as the kernel's build writes it: its uncompressed size last.
 pub fn lz4_legacy(data: &[u8]) -> Result<Vec<u8>, ImageError> {
@@ -232,6 +292,10 @@ mod tests {
             return;
         };
         let elf = extract(&data).unwrap();
+        assert!(
+            pvh_entry_in(&mut std::io::Cursor::new(&elf)).unwrap(),
+            "no PVH entry point: QEMU would boot the bzImage"
+        );
         assert_eq!(elf[4], 2, "64-bit");
         assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 0x3e, "x86-64");
         assert_eq!(u16::from_le_bytes([elf[16], elf[17]]), 2, "an executable");
@@ -249,5 +313,48 @@ mod tests {
             let filesz = u64::from_le_bytes(ph[32..40].try_into().unwrap()) as usize;
             assert!(offset + filesz <= elf.len(), "segment {k} beyond the file");
         }
+    }
+
+    /// A 64-bit ELF header with one PT_NOTE segment holding `notes`.
+    fn elf_with_notes(notes: &[(&[u8], u32)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (name, kind) in notes {
+            body.extend((name.len() as u32).to_le_bytes());
+            body.extend(4u32.to_le_bytes());
+            body.extend(kind.to_le_bytes());
+            body.extend(*name);
+            body.resize(body.len().next_multiple_of(4), 0);
+            body.extend([1, 0, 0, 0]);
+        }
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..4].copy_from_slice(ELF_MAGIC);
+        (elf[4], elf[5]) = (2, 1);
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+        let ph = &mut elf[64..];
+        ph[..4].copy_from_slice(&4u32.to_le_bytes());
+        ph[8..16].copy_from_slice(&120u64.to_le_bytes());
+        ph[32..40].copy_from_slice(&(body.len() as u64).to_le_bytes());
+        elf.extend(body);
+        elf
+    }
+
+    #[test]
+    fn a_pvh_entry_is_the_xen_phys32_note() {
+        let pvh = |elf: Vec<u8>| pvh_entry_in(&mut std::io::Cursor::new(elf)).unwrap_or(false);
+        assert!(pvh(elf_with_notes(&[(b"GNU\0", 3), (b"Xen\0", 18)])));
+        assert!(
+            !pvh(elf_with_notes(&[(b"GNU\0", 3), (b"Xen\0", 17)])),
+            "another Xen note"
+        );
+        assert!(!pvh(elf_with_notes(&[(b"Xe\0", 18)])), "another name");
+        assert!(!pvh(elf_with_notes(&[])));
+        assert!(!pvh(
+            b"not an ELF at all, just some bytes of text to read".repeat(4)
+        ));
+        let mut cut = elf_with_notes(&[(b"Xen\0", 18)]);
+        cut.truncate(100);
+        assert!(!pvh(cut), "a cut file");
     }
 }

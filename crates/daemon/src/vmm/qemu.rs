@@ -285,7 +285,7 @@ impl Vmm for Qemu {
             // The ELF kernel boots through its PVH entry point: no
             // real-mode setup and no decompression, which under emulation
             // is a visible part of a cold boot.
-            kernels: &[KernelFormat::Vmlinux, KernelFormat::BzImage],
+            kernels: &[KernelFormat::PvhVmlinux, KernelFormat::BzImage],
             needs_kvm: false,
             snapshots: true,
         }
