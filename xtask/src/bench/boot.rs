@@ -80,16 +80,24 @@ pub fn run(env: &Env, runs: usize) -> anyhow::Result<Vec<Row>> {
     let hand_boots = handboot::HandBoots::new(env, &image)?;
     let mut cold = Vec::new();
     let mut hand = Vec::new();
+    // Each pair in the other order than the last (cold, hand; hand, cold;
+    // ...), so that a machine growing faster or slower over the run does
+    // not favour the side that always comes second.
     for i in 0..runs {
-        let vm = format!("bench-cold{i}");
-        let took = env.create_timed(&vm, &["--cold"])?.as_secs_f64();
-        ensure!(env.vm_json(&vm)?["template"].is_null(), "{vm} was restored");
-        eprintln!("    cold create {}: {took:.1}s", i + 1);
-        cold.push(took);
-        delete(env, &vm)?;
-        let took = hand_boots.once(env)?;
-        eprintln!("    hand-started QEMU {}: {took:.1}s", i + 1);
-        hand.push(took);
+        for hand_first in [i % 2 == 1, i % 2 == 0] {
+            if hand_first {
+                let took = hand_boots.once(env)?;
+                eprintln!("    hand-started QEMU {}: {took:.1}s", i + 1);
+                hand.push(took);
+                continue;
+            }
+            let vm = format!("bench-cold{i}");
+            let took = env.create_timed(&vm, &["--cold"])?.as_secs_f64();
+            ensure!(env.vm_json(&vm)?["template"].is_null(), "{vm} was restored");
+            eprintln!("    cold create {}: {took:.1}s", i + 1);
+            cold.push(took);
+            delete(env, &vm)?;
+        }
     }
     drop(hand_boots);
 
