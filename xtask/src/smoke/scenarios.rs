@@ -38,6 +38,7 @@ pub const ALL: &[Scenario] = &[
     Scenario::together("vm stop/start keeps guest data", stop_start)
         .vms(&[&LIFE])
         .early(),
+    // Also checks that the cold boot took banger's fast path.
     Scenario::together("vm restart gives a fresh boot_id", restart).vms(&[&LIFE]),
     Scenario::together("vm kill --signal KILL ends stopped and clean", kill).vms(&[&LIFE]),
     // Restarts the daemon: nothing else may talk to it meanwhile.
@@ -436,7 +437,55 @@ fn restart(env: &Env) -> anyhow::Result<Outcome> {
         ops.contains("\"vm_restart\""),
         "restart is not its own operation: {ops}"
     );
+    cold_boot_is_the_fast_one(env, VM)?;
     Ok(Outcome::Pass)
+}
+
+/// `vm`'s last boot was cold and took banger's fast path: QEMU booted the
+/// ELF kernel (PVH), without the crypto self-tests; the guest read its
+/// identity from the config drive's text (no mount of it) and its sshd
+/// said on the console when it listened. Each of these failing would
+/// still boot, only slower, which no other check would notice.
+fn cold_boot_is_the_fast_one(env: &Env, vm: &str) -> anyhow::Result<()> {
+    let pid = env.vm_json(vm)?["pid"]
+        .as_u64()
+        .context("a running VM shows its VMM's pid")?;
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+    let argv: Vec<String> = argv
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let kernel = argv
+        .iter()
+        .position(|a| a == "-kernel")
+        .and_then(|i| argv.get(i + 1))
+        .context("no -kernel on the VMM's command line")?;
+    ensure!(
+        kernel.ends_with("/vmlinux"),
+        "QEMU booted {kernel}, not the ELF kernel"
+    );
+    let cmdline = env.sh(vm, "cat /proc/cmdline")?;
+    ensure!(
+        cmdline.contains("cryptomgr.notests"),
+        "kernel command line: {cmdline}"
+    );
+    let logs = env.ok(&["vm", "logs", vm])?;
+    let boot = logs
+        .rfind("Linux version")
+        .map(|at| &logs[at..])
+        .context("vm logs show no kernel boot")?;
+    ensure!(
+        boot.contains("banger: sshd listens"),
+        "the boot's sshd never said it listens"
+    );
+    ensure!(
+        !boot.contains("EXT4-fs (vdb)"),
+        "the guest mounted its config drive instead of reading its text"
+    );
+    note(format!(
+        "{vm} booted {kernel}, identity read as text, sshd announced"
+    ));
+    Ok(())
 }
 
 fn kill(env: &Env) -> anyhow::Result<Outcome> {
