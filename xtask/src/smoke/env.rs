@@ -173,6 +173,7 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Env {
     pub fn start(banger: &Path, image_dir: Option<&Path>) -> anyhow::Result<Env> {
+        super::stale::reap();
         let id = std::process::id();
         let dir = PathBuf::from(format!("/var/tmp/banger-smoke-{id}"));
         let _ = std::fs::remove_dir_all(&dir);

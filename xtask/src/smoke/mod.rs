@@ -36,6 +36,7 @@ mod files;
 mod leakcheck;
 mod mcp;
 mod scenarios;
+mod stale;
 mod templates;
 mod trust;
 mod wsexport;
