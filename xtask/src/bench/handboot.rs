@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use bangerd::guest::configdrive;
-use bangerd::guest::console::SSHD_LISTENS;
+use bangerd::guest::console::ConsoleWatch;
+use bangerd::layout::ImagePaths;
+use bangerd::vmm::KernelFormat;
 
 use crate::smoke::Env;
 
@@ -84,11 +86,10 @@ fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
     // A fresh log: the last boot's line must not count for this one.
     let console = kit.dir.join("console.log");
     let _ = std::fs::remove_file(&console);
-    // The kernel the daemon's QEMU boots: the ELF one (PVH) when there.
-    let kernel = match image.join("vmlinux") {
-        elf if elf.exists() => elf,
-        _ => image.join("vmlinuz"),
-    };
+    let mut watch = ConsoleWatch::from_end(&console);
+    // The kernel the daemon's QEMU boots: the ELF one (PVH) when it can.
+    let kernel = ImagePaths::new(image.to_path_buf())
+        .kernel_for(&[KernelFormat::PvhVmlinux, KernelFormat::BzImage]);
     let initrd = image.join("initrd.img");
     let config = kit.dir.join("config.img");
     let start = Instant::now();
@@ -127,10 +128,7 @@ fn boot_once(env: &Env, kit: &Kit, image: &Path) -> anyhow::Result<f64> {
     let mut answered = None;
     let mut last_probe = start;
     while start.elapsed() < Duration::from_secs(600) {
-        let marker = SSHD_LISTENS.as_bytes();
-        let listens =
-            std::fs::read(&console).is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker));
-        if !listens && last_probe.elapsed() < Duration::from_secs(2) {
+        if !watch.sshd_listens() && last_probe.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
